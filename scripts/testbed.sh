@@ -152,6 +152,9 @@ build_k8s_cmd() {
   log "built $out in $((SECONDS - start))s"
 }
 
+# Later additions (etcd: module go.etcd.io/etcd/server/v3, same wrapper-module idea,
+# no staging replaces) belong next to build_k8s_cmd and get called from main.
+
 env_name() { tr 'a-z-' 'A-Z_' <<<"$1"; }
 
 print_paths() {

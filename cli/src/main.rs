@@ -1,1 +1,295 @@
-fn main() {}
+//! The `kubesign` command line: sign kubeadm's certificates with CA keys that never sit on a disk.
+
+mod audit_log;
+mod backends;
+mod cas;
+mod cmd_ca;
+mod cmd_check;
+mod cmd_renew;
+mod cmd_sign;
+mod config;
+mod duration;
+mod fsutil;
+mod kubeadm_dir;
+mod kubeconfig;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use output::Format;
+
+const EXIT_ERROR: u8 = 1;
+const EXIT_CHECK_FAILED: u8 = 3;
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  success
+  1  error: bad input, configuration or key backend; nothing was written
+  2  usage error (unknown flag, missing argument)
+  3  `kubesign check` found problems
+
+Typical workflow (kubeadm external CA mode):
+  kubeadm certs generate-csr --config kubeadm.yaml --cert-dir pki --kubeconfig-dir kubeconfig
+  kubesign ca init --config kubesign.yaml          # once: CA keys in the backend, CA certificates on disk
+  kubesign sign --config kubesign.yaml --cert-dir pki --kubeconfig-dir kubeconfig
+  kubesign check --cert-dir pki --kubeconfig-dir kubeconfig
+
+Configuration: `kubesign config example` prints a commented starting point.";
+
+/// Sign kubeadm certificates with CA keys kept in an HSM, a cloud KMS or a file.
+#[derive(Parser, Debug)]
+#[command(name = "kubesign", version, about, long_about = None, after_help = AFTER_HELP, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+
+    /// Log verbosity (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "warn", env = "KUBESIGN_LOG_LEVEL")]
+    log_level: String,
+
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Manage the certificate authorities.
+    #[command(subcommand)]
+    Ca(CaCommand),
+
+    /// Sign every CSR that `kubeadm certs generate-csr` wrote, all or nothing.
+    #[command(after_help = "\
+Examples:
+  # Sign a control plane node's CSRs and fill its kubeconfig files
+  kubesign sign --config /etc/kubesign/config.yaml \\
+      --cert-dir /etc/kubernetes/pki --kubeconfig-dir /etc/kubernetes
+
+  # Validate only: parse, verify and check every CSR, sign nothing
+  kubesign sign --config kubesign.yaml --cert-dir pki --dry-run
+
+  # Machine-readable result
+  kubesign sign --config kubesign.yaml --cert-dir pki -o json
+
+Every CSR is verified (proof of possession, kubeadm's subject rules, no extra extensions, key
+matches NAME.key) and signed before any file is written. Certificates get kubeadm's profile for
+their file name: usages, CA and validity never come from the CSR.")]
+    Sign(SignArgs),
+
+    /// Re-issue existing certificates: same key, subject and SANs; new serial and validity.
+    #[command(after_help = "\
+Examples:
+  # Renew everything found under the directories
+  kubesign renew --config kubesign.yaml --cert-dir /etc/kubernetes/pki --kubeconfig-dir /etc/kubernetes
+
+  # Renew only the API server certificate and admin.conf
+  kubesign renew --config kubesign.yaml --cert-dir pki --kubeconfig-dir kubeconfig apiserver admin.conf")]
+    Renew(RenewArgs),
+
+    /// Check every certificate against kubeadm's table and report expiry.
+    #[command(after_help = "\
+Examples:
+  kubesign check --cert-dir /etc/kubernetes/pki --kubeconfig-dir /etc/kubernetes
+  kubesign check --cert-dir pki --config kubesign.yaml -o json
+
+Checks: chain to the right CA, usages, CA:FALSE, subject rules, SANs on serving certificates, key
+matches, kubeconfig certificate-authority-data equal to ca.crt, validity. Exits 3 on any problem;
+missing files are reported but are not problems (kubeadm omits some on non-first nodes).")]
+    Check(CheckArgs),
+
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+
+    /// Print a shell completion script.
+    #[command(after_help = "\
+Examples:
+  kubesign completion bash > /etc/bash_completion.d/kubesign
+  kubesign completion zsh > \"${fpath[1]}/_kubesign\"")]
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CaCommand {
+    /// Create each missing CA key in its backend and its self-signed CA certificate.
+    #[command(after_help = "\
+Examples:
+  kubesign ca init --config /etc/kubesign/config.yaml
+
+Creates what is missing and never replaces anything: an existing key without a certificate gets
+a certificate; an existing certificate without its key is an error. CA certificates are the ones
+kubeadm writes: CN kubernetes / etcd-ca / front-proxy-ca, CA:TRUE, 10 years by default.")]
+    Init {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Print an example configuration.
+    Example,
+    /// Load and validate a configuration file.
+    Validate {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ConfigArg {
+    /// The kubesign configuration file (kind: SignerConfiguration).
+    #[arg(long, short = 'c', env = "KUBESIGN_CONFIG", value_name = "FILE")]
+    config: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct SignArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// kubeadm's certificate directory (the --cert-dir given to `kubeadm certs generate-csr`).
+    #[arg(long, value_name = "DIR")]
+    cert_dir: PathBuf,
+    /// kubeadm's kubeconfig directory; its *.conf.csr are signed into the kubeconfig files.
+    #[arg(long, value_name = "DIR")]
+    kubeconfig_dir: Option<PathBuf>,
+    /// Validate everything and show what would be signed; sign and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Replace existing certificates (otherwise an existing .crt is an error).
+    #[arg(long)]
+    force: bool,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    output: Format,
+}
+
+#[derive(Args, Debug)]
+struct RenewArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// kubeadm's certificate directory.
+    #[arg(long, value_name = "DIR")]
+    cert_dir: PathBuf,
+    /// kubeadm's kubeconfig directory.
+    #[arg(long, value_name = "DIR")]
+    kubeconfig_dir: Option<PathBuf>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    /// Certificates to renew, by kubeadm name (apiserver, etcd/server, admin.conf, ...); all when omitted.
+    names: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct CheckArgs {
+    /// kubeadm's certificate directory.
+    #[arg(long, value_name = "DIR")]
+    cert_dir: PathBuf,
+    /// kubeadm's kubeconfig directory.
+    #[arg(long, value_name = "DIR")]
+    kubeconfig_dir: Option<PathBuf>,
+    /// Also compare the directory's CA certificates with the configured ones.
+    #[arg(long, short = 'c', env = "KUBESIGN_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    output: Format,
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Ca(CaCommand::Init { config, output }) => cmd_ca::init(config.config, output).await,
+        Command::Sign(a) => {
+            cmd_sign::run(cmd_sign::SignOptions {
+                config: a.config.config,
+                cert_dir: a.cert_dir,
+                kubeconfig_dir: a.kubeconfig_dir,
+                dry_run: a.dry_run,
+                force: a.force,
+                output: a.output,
+            })
+            .await
+        }
+        Command::Renew(a) => {
+            cmd_renew::run(cmd_renew::RenewOptions {
+                config: a.config.config,
+                cert_dir: a.cert_dir,
+                kubeconfig_dir: a.kubeconfig_dir,
+                names: a.names,
+                output: a.output,
+            })
+            .await
+        }
+        Command::Check(a) => cmd_check::run(cmd_check::CheckOptions {
+            cert_dir: a.cert_dir,
+            kubeconfig_dir: a.kubeconfig_dir,
+            config: a.config,
+            output: a.output,
+        }),
+        Command::Config(ConfigCommand::Example) => {
+            print!("{}", config::EXAMPLE);
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Validate { config }) => {
+            let c = config::Config::load(&config.config)?;
+            for ca in &c.cas {
+                println!("{}: key {} certificate {}", ca.role, ca.key, ca.certificate.display());
+            }
+            println!("audit log: {}", c.audit_path.display());
+            Ok(())
+        }
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "kubesign", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level, cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<cmd_check::ProblemsFound>() => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CHECK_FAILED)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}

@@ -39,7 +39,7 @@ pub struct RequestContext {
 pub struct AuditRecord {
     /// When the certificate was signed (RFC 3339, UTC).
     pub time: String,
-    /// Always `issued`.
+    /// `issued` for a leaf certificate, `ca-created` for a self-signed CA certificate.
     pub event: &'static str,
     /// The signing CA.
     pub ca: CaRole,
@@ -67,6 +67,48 @@ pub struct AuditRecord {
 }
 
 impl AuditRecord {
+    /// The record for `cert` (whose DER is `der`), signed by `ca` with the key `key` at `now`.
+    pub fn for_certificate(
+        cert: &x509_cert::Certificate,
+        der: &[u8],
+        ca: CaRole,
+        key: &str,
+        now: std::time::SystemTime,
+        context: RequestContext,
+    ) -> Self {
+        use crate::ca::{hex, not_after, not_before, rfc3339, sha256_hex};
+        use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAltName};
+        let tbs = cert.tbs_certificate();
+        let sans = match tbs.get_extension::<SubjectAltName>() {
+            Ok(Some((_, san))) => crate::name::sans(&san).iter().map(ToString::to_string).collect(),
+            _ => Vec::new(),
+        };
+        let key_usage = match tbs.get_extension::<KeyUsage>() {
+            Ok(Some((_, ku))) => crate::policy::KeyUsageSet(ku.0).names().into_iter().map(str::to_owned).collect(),
+            _ => Vec::new(),
+        };
+        let ext_key_usage = match tbs.get_extension::<ExtendedKeyUsage>() {
+            Ok(Some((_, eku))) => eku.0.iter().map(crate::policy::ext_key_usage_name).collect(),
+            _ => Vec::new(),
+        };
+        let is_ca = matches!(tbs.get_extension::<BasicConstraints>(), Ok(Some((_, bc))) if bc.ca);
+        AuditRecord {
+            time: rfc3339(now),
+            event: if is_ca { "ca-created" } else { "issued" },
+            ca,
+            key: key.to_owned(),
+            serial: hex(tbs.serial_number().as_bytes()),
+            subject: crate::name::display(tbs.subject()),
+            sans,
+            key_usage,
+            ext_key_usage,
+            not_before: rfc3339(not_before(cert)),
+            not_after: rfc3339(not_after(cert)),
+            certificate_sha256: sha256_hex(der),
+            context,
+        }
+    }
+
     /// The record as one line of JSON (no trailing newline).
     pub fn to_json_line(&self) -> String {
         serde_json::to_string(self).expect("invariant: AuditRecord serializes to JSON (plain strings and lists)")

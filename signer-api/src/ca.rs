@@ -23,9 +23,8 @@ use crate::algorithm::{PublicKeyKind, oid};
 use crate::audit::{AuditRecord, AuditSink, RequestContext};
 use crate::csr::VerifiedCsr;
 use crate::error::{ErrorKind, IssueError, SignerError};
-use crate::name::{self, San};
 use crate::pem;
-use crate::policy::{IssuancePolicy, KeyUsageSet, ext_key_usage_name};
+use crate::policy::{IssuancePolicy, KeyUsageSet};
 use crate::profile::CaRole;
 use crate::signer::Signer;
 use crate::verify::{self, key_identifier};
@@ -281,22 +280,7 @@ impl CertificateAuthority {
             .await?;
         let cert = Certificate::from_der(&der)?;
 
-        let sans: Vec<String> = subject.alt_names.as_ref().map(name::sans).unwrap_or_default().iter().map(San::to_string).collect();
-        let record = AuditRecord {
-            time: rfc3339(now),
-            event: "issued",
-            ca: self.role,
-            key: self.key_uri.clone(),
-            serial: hex(cert.tbs_certificate().serial_number().as_bytes()),
-            subject: name::display(&subject.name),
-            sans,
-            key_usage: policy.key_usage.names().into_iter().map(str::to_owned).collect(),
-            ext_key_usage: policy.extended_key_usage.iter().map(ext_key_usage_name).collect(),
-            not_before: rfc3339(crate::ca::not_before(&cert)),
-            not_after: rfc3339(crate::ca::not_after(&cert)),
-            certificate_sha256: sha256_hex(&der),
-            context,
-        };
+        let record = AuditRecord::for_certificate(&cert, &der, self.role, &self.key_uri, now, context);
         audit.record(&record).await?;
         Ok(IssuedCertificate { pem: pem::encode("CERTIFICATE", &der), not_after: crate::ca::not_after(&cert), der, record })
     }
