@@ -19,14 +19,16 @@ use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING, EcdsaKeyPair, EcdsaSigningAlgorithm, KeyPair,
-    RSA_PKCS1_SHA256, RsaKeyPair,
+    ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING, EcdsaKeyPair,
+    EcdsaSigningAlgorithm, KeyPair, RSA_PKCS1_SHA256, RsaKeyPair,
 };
 use der::Decode;
 use secrecy::SecretSlice;
 use signer_api::keyuri::KeyUri;
 use signer_api::signer::PrivateKeyMaterial;
-use signer_api::{ErrorKind, KeyAlgorithm, KeyGenerator, PublicKeyKind, SignatureAlgorithm, Signer, SignerError};
+use signer_api::{
+    ErrorKind, KeyAlgorithm, KeyGenerator, PublicKeyKind, SignatureAlgorithm, Signer, SignerError,
+};
 use spki::SubjectPublicKeyInfoOwned;
 use zeroize::Zeroizing;
 
@@ -62,16 +64,24 @@ impl FileSigner {
     /// Loads the private key at `path`.
     pub fn load(path: &Path) -> Result<Self, SignerError> {
         let meta = fs::symlink_metadata(path).map_err(|e| {
-            let kind = if e.kind() == std::io::ErrorKind::NotFound { ErrorKind::NotFound } else { ErrorKind::Backend };
+            let kind = if e.kind() == std::io::ErrorKind::NotFound {
+                ErrorKind::NotFound
+            } else {
+                ErrorKind::Backend
+            };
             err(kind, path, "cannot read the key file").with_source(e)
         })?;
         if !meta.is_file() {
-            return Err(err(ErrorKind::InvalidKeyReference, path, "is not a regular file (symlinks are refused)"));
+            return Err(err(
+                ErrorKind::InvalidKeyReference,
+                path,
+                "is not a regular file (symlinks are refused)",
+            ));
         }
         warn_if_readable_by_others(path, &meta);
-        let bytes = Zeroizing::new(
-            fs::read(path).map_err(|e| err(ErrorKind::Backend, path, "cannot read the key file").with_source(e))?,
-        );
+        let bytes = Zeroizing::new(fs::read(path).map_err(|e| {
+            err(ErrorKind::Backend, path, "cannot read the key file").with_source(e)
+        })?);
         Self::from_pem(path, &bytes)
     }
 
@@ -106,8 +116,17 @@ impl FileSigner {
             Key::Ecdsa(k) => k.to_pkcs8v1().map(|d| d.as_ref().to_vec()),
             Key::Rsa(k) => k.as_der().map(|d| d.as_ref().to_vec()),
         }
-        .map_err(|_| err(ErrorKind::Backend, &self.path, "cannot encode the key as PKCS#8"))?;
-        Ok(PrivateKeyMaterial { algorithm: self.key_algorithm, pkcs8_der: SecretSlice::from(der) })
+        .map_err(|_| {
+            err(
+                ErrorKind::Backend,
+                &self.path,
+                "cannot encode the key as PKCS#8",
+            )
+        })?;
+        Ok(PrivateKeyMaterial {
+            algorithm: self.key_algorithm,
+            pkcs8_der: SecretSlice::from(der),
+        })
     }
 
     /// Signs synchronously (the async trait method calls this; file keys never block on I/O).
@@ -174,7 +193,8 @@ fn rsa_algorithm(path: &Path, key: &RsaKeyPair) -> Result<KeyAlgorithm, SignerEr
 }
 
 fn parse_private_key(path: &Path, pem: &[u8]) -> Result<(KeyAlgorithm, Key), SignerError> {
-    let blocks = signer_api::pem::decode_all(pem).map_err(|e| err(ErrorKind::InvalidKeyReference, path, e))?;
+    let blocks = signer_api::pem::decode_all(pem)
+        .map_err(|e| err(ErrorKind::InvalidKeyReference, path, e))?;
     let mut labels = Vec::new();
     for block in blocks {
         let der = Zeroizing::new(block.der);
@@ -193,7 +213,9 @@ fn parse_private_key(path: &Path, pem: &[u8]) -> Result<(KeyAlgorithm, Key), Sig
                     Err(e) => Err(err(
                         ErrorKind::Unsupported,
                         path,
-                        format!("PKCS#8 key is not RSA (2048-4096 bits) or ECDSA P-256/P-384 ({e})"),
+                        format!(
+                            "PKCS#8 key is not RSA (2048-4096 bits) or ECDSA P-256/P-384 ({e})"
+                        ),
                     )),
                 };
             }
@@ -205,11 +227,20 @@ fn parse_private_key(path: &Path, pem: &[u8]) -> Result<(KeyAlgorithm, Key), Sig
                         return Ok((a, Key::Ecdsa(k)));
                     }
                 }
-                return Err(err(ErrorKind::Unsupported, path, "EC key is not on P-256 or P-384"));
+                return Err(err(
+                    ErrorKind::Unsupported,
+                    path,
+                    "EC key is not on P-256 or P-384",
+                ));
             }
             "RSA PRIVATE KEY" => {
-                let k = RsaKeyPair::from_der(&der)
-                    .map_err(|e| err(ErrorKind::InvalidKeyReference, path, format!("malformed RSA PRIVATE KEY ({e})")))?;
+                let k = RsaKeyPair::from_der(&der).map_err(|e| {
+                    err(
+                        ErrorKind::InvalidKeyReference,
+                        path,
+                        format!("malformed RSA PRIVATE KEY ({e})"),
+                    )
+                })?;
                 return Ok((rsa_algorithm(path, &k)?, Key::Rsa(k)));
             }
             "ENCRYPTED PRIVATE KEY" => {
@@ -255,11 +286,16 @@ impl FileKeyGenerator {
     /// without replacing anything: an existing file (or symlink) at `path` is an error.
     pub fn generate_at(path: &Path, algorithm: KeyAlgorithm) -> Result<FileSigner, SignerError> {
         if fs::symlink_metadata(path).is_ok() {
-            return Err(err(ErrorKind::KeyPolicy, path, "already exists; refusing to replace a CA key"));
+            return Err(err(
+                ErrorKind::KeyPolicy,
+                path,
+                "already exists; refusing to replace a CA key",
+            ));
         }
         let pkcs8: Zeroizing<Vec<u8>> = Zeroizing::new(match algorithm {
             KeyAlgorithm::EcdsaP256 | KeyAlgorithm::EcdsaP384 => {
-                let alg = ec_alg(algorithm).ok_or_else(|| err(ErrorKind::Unsupported, path, "unknown curve"))?;
+                let alg = ec_alg(algorithm)
+                    .ok_or_else(|| err(ErrorKind::Unsupported, path, "unknown curve"))?;
                 EcdsaKeyPair::generate(alg)
                     .and_then(|k| k.to_pkcs8v1())
                     .map(|d| d.as_ref().to_vec())
@@ -275,22 +311,42 @@ impl FileKeyGenerator {
                     .and_then(|k| k.as_der().map(|d| d.as_ref().to_vec()))
                     .map_err(|_| err(ErrorKind::Backend, path, "RSA key generation failed"))?
             }
-            other => return Err(err(ErrorKind::Unsupported, path, format!("cannot generate {other}"))),
+            other => {
+                return Err(err(
+                    ErrorKind::Unsupported,
+                    path,
+                    format!("cannot generate {other}"),
+                ));
+            }
         });
         let pem = Zeroizing::new(signer_api::pem::encode("PRIVATE KEY", &pkcs8));
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         create_private_dir(dir)?;
         let mut tmp = tempfile::Builder::new()
             .prefix(".kubesign-key-")
             .permissions(private_mode())
             .tempfile_in(dir)
-            .map_err(|e| err(ErrorKind::Backend, path, "cannot create a temporary file").with_source(e))?;
+            .map_err(|e| {
+                err(ErrorKind::Backend, path, "cannot create a temporary file").with_source(e)
+            })?;
         tmp.write_all(pem.as_bytes())
             .and_then(|()| tmp.as_file().sync_all())
             .map_err(|e| err(ErrorKind::Backend, path, "cannot write the key").with_source(e))?;
         tmp.persist_noclobber(path).map_err(|e| {
-            let kind = if e.error.kind() == std::io::ErrorKind::AlreadyExists { ErrorKind::KeyPolicy } else { ErrorKind::Backend };
-            err(kind, path, "cannot move the new key into place without replacing a file").with_source(e.error)
+            let kind = if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+                ErrorKind::KeyPolicy
+            } else {
+                ErrorKind::Backend
+            };
+            err(
+                kind,
+                path,
+                "cannot move the new key into place without replacing a file",
+            )
+            .with_source(e.error)
         })?;
         if let Ok(d) = fs::File::open(dir) {
             let _ = d.sync_all();
@@ -307,7 +363,9 @@ fn private_mode() -> fs::Permissions {
 
 #[cfg(not(unix))]
 fn private_mode() -> fs::Permissions {
-    fs::metadata(".").map(|m| m.permissions()).unwrap_or_else(|_| unreachable!())
+    fs::metadata(".")
+        .map(|m| m.permissions())
+        .unwrap_or_else(|_| unreachable!())
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), SignerError> {
@@ -321,12 +379,17 @@ fn create_private_dir(dir: &Path) -> Result<(), SignerError> {
         use std::os::unix::fs::DirBuilderExt;
         b.mode(0o700);
     }
-    b.create(dir).map_err(|e| err(ErrorKind::Backend, dir, "cannot create the key directory").with_source(e))
+    b.create(dir)
+        .map_err(|e| err(ErrorKind::Backend, dir, "cannot create the key directory").with_source(e))
 }
 
 #[async_trait]
 impl KeyGenerator for FileKeyGenerator {
-    async fn generate(&self, key: &KeyUri, algorithm: KeyAlgorithm) -> Result<Arc<dyn Signer>, SignerError> {
+    async fn generate(
+        &self,
+        key: &KeyUri,
+        algorithm: KeyAlgorithm,
+    ) -> Result<Arc<dyn Signer>, SignerError> {
         match key {
             KeyUri::File(f) => Ok(Arc::new(Self::generate_at(&f.path, algorithm)?)),
             other => Err(SignerError::new(
@@ -356,13 +419,22 @@ mod tests {
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt;
-                assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+                assert_eq!(
+                    fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                    0o600
+                );
             }
             let loaded = FileSigner::load(&path).unwrap();
             assert_eq!(loaded.public_key(), generated.public_key());
             assert_eq!(loaded.key_algorithm(), a);
             let sig = loaded.sign(b"to be signed").await.unwrap();
-            verify_signature(loaded.public_key(), &loaded.algorithm().algorithm_identifier(), b"to be signed", &sig).unwrap();
+            verify_signature(
+                loaded.public_key(),
+                &loaded.algorithm().algorithm_identifier(),
+                b"to be signed",
+                &sig,
+            )
+            .unwrap();
             // Never replaces.
             let again = FileKeyGenerator::generate_at(&path, a).unwrap_err();
             assert_eq!(again.kind(), ErrorKind::KeyPolicy);
@@ -375,21 +447,39 @@ mod tests {
         let ec = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).unwrap();
         let sec1 = ec.private_key().as_der().unwrap();
         let pem = signer_api::pem::encode("EC PRIVATE KEY", sec1.as_ref());
-        let with_params = format!("-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n{pem}");
+        let with_params = format!(
+            "-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n{pem}"
+        );
         let s = FileSigner::from_pem(Path::new("ec.key"), with_params.as_bytes()).unwrap();
         assert_eq!(s.key_algorithm(), KeyAlgorithm::EcdsaP256);
 
         let rsa = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
         let pkcs8 = rsa.as_der().unwrap();
         let pem = signer_api::pem::encode("PRIVATE KEY", pkcs8.as_ref());
-        assert_eq!(FileSigner::from_pem(Path::new("rsa.key"), pem.as_bytes()).unwrap().key_algorithm(), KeyAlgorithm::Rsa2048);
+        assert_eq!(
+            FileSigner::from_pem(Path::new("rsa.key"), pem.as_bytes())
+                .unwrap()
+                .key_algorithm(),
+            KeyAlgorithm::Rsa2048
+        );
     }
 
     #[test]
     fn clear_errors() {
-        let e = FileSigner::from_pem(Path::new("x.key"), b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap_err();
-        assert!(e.to_string().contains("x.key") && e.to_string().contains("no private key"), "{e}");
-        let e = FileSigner::from_pem(Path::new("x.key"), b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n").unwrap_err();
+        let e = FileSigner::from_pem(
+            Path::new("x.key"),
+            b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("x.key") && e.to_string().contains("no private key"),
+            "{e}"
+        );
+        let e = FileSigner::from_pem(
+            Path::new("x.key"),
+            b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        )
+        .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unsupported);
         let e = FileSigner::load(Path::new("/nonexistent/ca.key")).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::NotFound);

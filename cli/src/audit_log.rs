@@ -31,14 +31,26 @@ impl JsonlAuditLog {
             && !meta.is_file()
         {
             return Err(AuditError::new(
-                format!("{}: the audit log is not a regular file (symlinks are refused)", path.display()),
+                format!(
+                    "{}: the audit log is not a regular file (symlinks are refused)",
+                    path.display()
+                ),
                 None,
             ));
         }
         let file = opts.open(path).map_err(|e| {
-            AuditError::new(format!("{}: cannot open the audit log for appending ({e})", path.display()), Some(e))
+            AuditError::new(
+                format!(
+                    "{}: cannot open the audit log for appending ({e})",
+                    path.display()
+                ),
+                Some(e),
+            )
         })?;
-        Ok(JsonlAuditLog { path: path.to_owned(), file: Mutex::new(file) })
+        Ok(JsonlAuditLog {
+            path: path.to_owned(),
+            file: Mutex::new(file),
+        })
     }
 
     /// The log's path.
@@ -52,12 +64,22 @@ impl AuditSink for JsonlAuditLog {
     async fn record(&self, record: &AuditRecord) -> Result<(), AuditError> {
         let mut line = record.to_json_line();
         line.push('\n');
-        let mut file = self
-            .file
-            .lock()
-            .map_err(|_| AuditError::new(format!("{}: audit log lock poisoned", self.path.display()), None))?;
+        let mut file = self.file.lock().map_err(|_| {
+            AuditError::new(
+                format!("{}: audit log lock poisoned", self.path.display()),
+                None,
+            )
+        })?;
         file.write_all(line.as_bytes())
             .and_then(|()| file.sync_data())
-            .map_err(|e| AuditError::new(format!("{}: cannot write the audit record ({e})", self.path.display()), Some(e)))
+            .map_err(|e| {
+                AuditError::new(
+                    format!(
+                        "{}: cannot write the audit record ({e})",
+                        self.path.display()
+                    ),
+                    Some(e),
+                )
+            })
     }
 }

@@ -13,7 +13,10 @@ pub async fn open_signer(key: &KeyUri) -> Result<Arc<dyn Signer>, SignerError> {
         KeyUri::File(f) => Ok(Arc::new(FileSigner::load(&f.path)?)),
         KeyUri::Pkcs11(_) => Err(SignerError::backend_not_compiled("pkcs11", "pkcs11")),
         KeyUri::AwsKms(_) => Err(SignerError::backend_not_compiled("awskms", "kms")),
-        _ => Err(SignerError::backend_not_compiled(key.scheme(), key.scheme())),
+        _ => Err(SignerError::backend_not_compiled(
+            key.scheme(),
+            key.scheme(),
+        )),
     }
 }
 
@@ -35,6 +38,9 @@ pub fn key_generator(key: &KeyUri) -> Result<Box<dyn KeyGenerator>, SignerError>
         KeyUri::File(_) => Ok(Box::new(FileKeyGenerator)),
         KeyUri::Pkcs11(_) => Err(SignerError::backend_not_compiled("pkcs11", "pkcs11")),
         KeyUri::AwsKms(_) => Err(SignerError::backend_not_compiled("awskms", "kms")),
-        _ => Err(SignerError::backend_not_compiled(key.scheme(), key.scheme())),
+        _ => Err(SignerError::backend_not_compiled(
+            key.scheme(),
+            key.scheme(),
+        )),
     }
 }

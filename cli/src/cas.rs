@@ -30,13 +30,17 @@ impl LoadedCas {
                 )
             })?;
             let cert = crate::fsutil::read_regular(&ca.certificate).with_context(|| {
-                format!("cas.{role}.certificate (run `kubesign ca init --config {}` to create the CAs)", config.path.display())
+                format!(
+                    "cas.{role}.certificate (run `kubesign ca init --config {}` to create the CAs)",
+                    config.path.display()
+                )
             })?;
             let signer = crate::backends::open_signer(&ca.key)
                 .await
                 .with_context(|| format!("cas.{role}.key {}", ca.key))?;
-            let authority = CertificateAuthority::new(role, &cert, Arc::clone(&signer), ca.key.to_string())
-                .with_context(|| format!("{}", ca.certificate.display()))?;
+            let authority =
+                CertificateAuthority::new(role, &cert, Arc::clone(&signer), ca.key.to_string())
+                    .with_context(|| format!("{}", ca.certificate.display()))?;
             tracing::debug!(ca = %role, key = %signer.describe(), "CA loaded");
             cas.insert(role, (authority, cert));
         }
@@ -45,12 +49,18 @@ impl LoadedCas {
 
     /// A loaded CA.
     pub fn get(&self, role: CaRole) -> Result<&CertificateAuthority> {
-        self.cas.get(&role).map(|(c, _)| c).ok_or_else(|| anyhow!("the {role} CA is not loaded"))
+        self.cas
+            .get(&role)
+            .map(|(c, _)| c)
+            .ok_or_else(|| anyhow!("the {role} CA is not loaded"))
     }
 
     /// The CA certificate file's bytes, exactly as on disk.
     pub fn certificate_bytes(&self, role: CaRole) -> Result<&[u8]> {
-        self.cas.get(&role).map(|(_, b)| b.as_slice()).ok_or_else(|| anyhow!("the {role} CA is not loaded"))
+        self.cas
+            .get(&role)
+            .map(|(_, b)| b.as_slice())
+            .ok_or_else(|| anyhow!("the {role} CA is not loaded"))
     }
 
     /// The loaded roles.

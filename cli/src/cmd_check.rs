@@ -11,7 +11,9 @@ use signer_api::ca::{not_after, not_before, parse_certificate};
 use signer_api::profile::CertProfile;
 use signer_api::{CaRole, verify};
 use x509_cert::Certificate;
-use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectAltName};
+use x509_cert::ext::pkix::{
+    BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectAltName,
+};
 
 use crate::config::Config;
 use crate::kubeadm_dir::{self, Target};
@@ -107,21 +109,44 @@ fn check_time(cert: &Certificate, now: SystemTime, problems: &mut Vec<String>) {
 }
 
 /// The checks on one leaf certificate.
-fn check_leaf(profile: &CertProfile, cert: &Certificate, ca: Option<&Certificate>, now: SystemTime) -> Vec<String> {
+fn check_leaf(
+    profile: &CertProfile,
+    cert: &Certificate,
+    ca: Option<&Certificate>,
+    now: SystemTime,
+) -> Vec<String> {
     let mut p = Vec::new();
     let tbs = cert.tbs_certificate();
     match ca {
         Some(ca) => {
             if tbs.issuer() != ca.tbs_certificate().subject() {
-                p.push(format!("issuer {} is not the {} CA ({})", tbs.issuer(), profile.ca, ca.tbs_certificate().subject()));
-            } else if verify::verify_certificate_signature(cert, ca.tbs_certificate().subject_public_key_info()).is_err() {
-                p.push(format!("signature does not verify with the {} CA certificate", profile.ca));
+                p.push(format!(
+                    "issuer {} is not the {} CA ({})",
+                    tbs.issuer(),
+                    profile.ca,
+                    ca.tbs_certificate().subject()
+                ));
+            } else if verify::verify_certificate_signature(
+                cert,
+                ca.tbs_certificate().subject_public_key_info(),
+            )
+            .is_err()
+            {
+                p.push(format!(
+                    "signature does not verify with the {} CA certificate",
+                    profile.ca
+                ));
             }
         }
-        None => p.push(format!("cannot verify: the {} CA certificate is missing", profile.ca)),
+        None => p.push(format!(
+            "cannot verify: the {} CA certificate is missing",
+            profile.ca
+        )),
     }
     match tbs.get_extension::<BasicConstraints>() {
-        Ok(Some((_, bc))) if bc.ca => p.push("is a CA certificate (CA:TRUE); kubeadm leaves are CA:FALSE".into()),
+        Ok(Some((_, bc))) if bc.ca => {
+            p.push("is a CA certificate (CA:TRUE); kubeadm leaves are CA:FALSE".into())
+        }
         Ok(_) => {}
         Err(e) => p.push(format!("basicConstraints: {e}")),
     }
@@ -129,7 +154,10 @@ fn check_leaf(profile: &CertProfile, cert: &Certificate, ca: Option<&Certificate
         Ok(Some((_, ku))) => {
             let want = KeyUsages::DigitalSignature | KeyUsages::KeyEncipherment;
             if ku.0 != want {
-                p.push(format!("key usage {:?}, kubeadm uses digital signature + key encipherment", signer_api::policy::KeyUsageSet(ku.0)));
+                p.push(format!(
+                    "key usage {:?}, kubeadm uses digital signature + key encipherment",
+                    signer_api::policy::KeyUsageSet(ku.0)
+                ));
             }
         }
         Ok(None) => p.push("no key usage extension".into()),
@@ -142,11 +170,23 @@ fn check_leaf(profile: &CertProfile, cert: &Certificate, ca: Option<&Certificate
             let mut want = profile.extended_key_usage();
             want.sort();
             if have != want {
-                let names: Vec<String> = eku.0.iter().map(signer_api::policy::ext_key_usage_name).collect();
-                p.push(format!("extended key usage is {}, kubeadm's {} profile has {}", names.join(","), profile.name, profile.usage_names()));
+                let names: Vec<String> = eku
+                    .0
+                    .iter()
+                    .map(signer_api::policy::ext_key_usage_name)
+                    .collect();
+                p.push(format!(
+                    "extended key usage is {}, kubeadm's {} profile has {}",
+                    names.join(","),
+                    profile.name,
+                    profile.usage_names()
+                ));
             }
         }
-        Ok(None) => p.push(format!("no extended key usage, kubeadm's profile has {}", profile.usage_names())),
+        Ok(None) => p.push(format!(
+            "no extended key usage, kubeadm's profile has {}",
+            profile.usage_names()
+        )),
         Err(e) => p.push(format!("extendedKeyUsage: {e}")),
     }
     let san_count = match tbs.get_extension::<SubjectAltName>() {
@@ -158,7 +198,10 @@ fn check_leaf(profile: &CertProfile, cert: &Certificate, ca: Option<&Certificate
         &signer_api::name::organizations(tbs.subject()),
         san_count,
     ) {
-        p.push(e.trim_start_matches(&format!("{}: ", profile.name)).to_owned());
+        p.push(
+            e.trim_start_matches(&format!("{}: ", profile.name))
+                .to_owned(),
+        );
     }
     if tbs.signature().oid == oid::SHA1_WITH_RSA {
         p.push("signed with SHA-1".into());
@@ -169,8 +212,16 @@ fn check_leaf(profile: &CertProfile, cert: &Certificate, ca: Option<&Certificate
 
 fn key_matches(cert: &Certificate, key_path: &Path, key_pem: &[u8]) -> Option<String> {
     match backend_file::FileSigner::from_pem(key_path, key_pem) {
-        Ok(k) if signer_api::Signer::public_key(&k) == cert.tbs_certificate().subject_public_key_info() => None,
-        Ok(_) => Some(format!("does not match its private key {}", key_path.display())),
+        Ok(k)
+            if signer_api::Signer::public_key(&k)
+                == cert.tbs_certificate().subject_public_key_info() =>
+        {
+            None
+        }
+        Ok(_) => Some(format!(
+            "does not match its private key {}",
+            key_path.display()
+        )),
         Err(e) => Some(format!("private key: {e}")),
     }
 }
@@ -179,22 +230,38 @@ fn key_matches(cert: &Certificate, key_path: &Path, key_pem: &[u8]) -> Option<St
 pub fn run(opts: CheckOptions) -> Result<()> {
     let now = SystemTime::now();
     let config = opts.config.as_deref().map(Config::load).transpose()?;
-    let mut report = Report { certificates: Vec::new(), certificate_authorities: Vec::new() };
+    let mut report = Report {
+        certificates: Vec::new(),
+        certificate_authorities: Vec::new(),
+    };
     let mut cas: Vec<(CaRole, CaInfo)> = Vec::new();
     for role in CaRole::ALL {
         let path = opts.cert_dir.join(role.cert_file());
         let external = !opts.cert_dir.join(role.key_file()).exists();
         let mut problems = Vec::new();
         let (info, status) = if !path.exists() {
-            (CaInfo { cert: None, bytes: Vec::new() }, "missing")
+            (
+                CaInfo {
+                    cert: None,
+                    bytes: Vec::new(),
+                },
+                "missing",
+            )
         } else {
-            match crate::fsutil::read_regular(&path).map_err(|e| format!("{e:#}")).and_then(|b| parse_certificate(&b).map(|c| (c, b))) {
+            match crate::fsutil::read_regular(&path)
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|b| parse_certificate(&b).map(|c| (c, b)))
+            {
                 Ok((cert, bytes)) => {
                     match cert.tbs_certificate().get_extension::<BasicConstraints>() {
                         Ok(Some((_, bc))) if bc.ca => {}
                         _ => problems.push("not a CA certificate (CA:TRUE missing)".into()),
                     }
-                    if verify::verify_certificate_signature(&cert, cert.tbs_certificate().subject_public_key_info()).is_err()
+                    if verify::verify_certificate_signature(
+                        &cert,
+                        cert.tbs_certificate().subject_public_key_info(),
+                    )
+                    .is_err()
                         && cert.tbs_certificate().issuer() == cert.tbs_certificate().subject()
                     {
                         problems.push("self-signature does not verify".into());
@@ -205,22 +272,43 @@ pub fn run(opts: CheckOptions) -> Result<()> {
                     {
                         match std::fs::read(&ca.certificate) {
                             Ok(want) if want.trim_ascii() == bytes.trim_ascii() => {}
-                            Ok(_) => problems.push(format!("differs from the configured CA certificate {}", ca.certificate.display())),
-                            Err(e) => problems.push(format!("configured CA certificate {}: {e}", ca.certificate.display())),
+                            Ok(_) => problems.push(format!(
+                                "differs from the configured CA certificate {}",
+                                ca.certificate.display()
+                            )),
+                            Err(e) => problems.push(format!(
+                                "configured CA certificate {}: {e}",
+                                ca.certificate.display()
+                            )),
                         }
                     }
-                    (CaInfo { cert: Some(cert), bytes }, if problems.is_empty() { "ok" } else { "invalid" })
+                    (
+                        CaInfo {
+                            cert: Some(cert),
+                            bytes,
+                        },
+                        if problems.is_empty() { "ok" } else { "invalid" },
+                    )
                 }
                 Err(e) => {
                     problems.push(e);
-                    (CaInfo { cert: None, bytes: Vec::new() }, "invalid")
+                    (
+                        CaInfo {
+                            cert: None,
+                            bytes: Vec::new(),
+                        },
+                        "invalid",
+                    )
                 }
             }
         };
         report.certificate_authorities.push(CaResult {
             ca: role,
             file: path.display().to_string(),
-            expires: info.cert.as_ref().map(|c| signer_api::ca::rfc3339(not_after(c))),
+            expires: info
+                .cert
+                .as_ref()
+                .map(|c| signer_api::ca::rfc3339(not_after(c))),
             residual_seconds: info.cert.as_ref().map(|c| residual(not_after(c), now)),
             externally_managed: external,
             status,
@@ -239,10 +327,17 @@ pub fn run(opts: CheckOptions) -> Result<()> {
                 if !crt.exists() {
                     None
                 } else {
-                    match crate::fsutil::read_regular(crt).map_err(|e| format!("{e:#}")).and_then(|b| parse_certificate(&b)) {
+                    match crate::fsutil::read_regular(crt)
+                        .map_err(|e| format!("{e:#}"))
+                        .and_then(|b| parse_certificate(&b))
+                    {
                         Ok(cert) => {
                             match crate::fsutil::read_regular(key) {
-                                Ok(pem) => problems.extend(key_matches(&cert, key, &zeroize::Zeroizing::new(pem))),
+                                Ok(pem) => problems.extend(key_matches(
+                                    &cert,
+                                    key,
+                                    &zeroize::Zeroizing::new(pem),
+                                )),
                                 Err(e) => problems.push(format!("{e:#}")),
                             }
                             Some(cert)
@@ -263,10 +358,15 @@ pub fn run(opts: CheckOptions) -> Result<()> {
                             match (kc.certificate_authority_pem(), ca) {
                                 (Ok(Some(data)), Some(ca)) if ca.cert.is_some() => {
                                     if data.trim_ascii() != ca.bytes.trim_ascii() {
-                                        problems.push(format!("certificate-authority-data differs from {}", profile.ca.cert_file()));
+                                        problems.push(format!(
+                                            "certificate-authority-data differs from {}",
+                                            profile.ca.cert_file()
+                                        ));
                                     }
                                 }
-                                (Ok(None), _) => problems.push("certificate-authority-data is empty".into()),
+                                (Ok(None), _) => {
+                                    problems.push("certificate-authority-data is empty".into())
+                                }
                                 (Err(e), _) => problems.push(format!("{e:#}")),
                                 _ => {}
                             }
@@ -274,7 +374,9 @@ pub fn run(opts: CheckOptions) -> Result<()> {
                                 Ok(Some(pem)) => match parse_certificate(&pem) {
                                     Ok(cert) => {
                                         match kc.client_key_pem() {
-                                            Ok(key) => problems.extend(key_matches(&cert, conf, &key)),
+                                            Ok(key) => {
+                                                problems.extend(key_matches(&cert, conf, &key))
+                                            }
                                             Err(e) => problems.push(format!("{e:#}")),
                                         }
                                         Some(cert)
@@ -285,7 +387,9 @@ pub fn run(opts: CheckOptions) -> Result<()> {
                                     }
                                 },
                                 Ok(None) => {
-                                    problems.push("client-certificate-data is empty (not signed yet?)".into());
+                                    problems.push(
+                                        "client-certificate-data is empty (not signed yet?)".into(),
+                                    );
                                     None
                                 }
                                 Err(e) => {
@@ -304,7 +408,12 @@ pub fn run(opts: CheckOptions) -> Result<()> {
         };
         let exists = item.target.display_path().exists();
         if let Some(cert) = &loaded {
-            problems.extend(check_leaf(profile, cert, ca.and_then(|c| c.cert.as_ref()), now));
+            problems.extend(check_leaf(
+                profile,
+                cert,
+                ca.and_then(|c| c.cert.as_ref()),
+                now,
+            ));
         }
         let status = if !exists {
             "missing"
@@ -317,7 +426,9 @@ pub fn run(opts: CheckOptions) -> Result<()> {
             name: profile.name.to_owned(),
             file: item.target.display_path().display().to_string(),
             ca: profile.ca,
-            expires: loaded.as_ref().map(|c| signer_api::ca::rfc3339(not_after(c))),
+            expires: loaded
+                .as_ref()
+                .map(|c| signer_api::ca::rfc3339(not_after(c))),
             residual_seconds: loaded.as_ref().map(|c| residual(not_after(c), now)),
             externally_managed: !opts.cert_dir.join(profile.ca.key_file()).exists(),
             status,
@@ -325,8 +436,16 @@ pub fn run(opts: CheckOptions) -> Result<()> {
         });
     }
 
-    let problems: usize = report.certificates.iter().map(|c| c.problems.len()).sum::<usize>()
-        + report.certificate_authorities.iter().map(|c| c.problems.len()).sum::<usize>();
+    let problems: usize = report
+        .certificates
+        .iter()
+        .map(|c| c.problems.len())
+        .sum::<usize>()
+        + report
+            .certificate_authorities
+            .iter()
+            .map(|c| c.problems.len())
+            .sum::<usize>();
     match opts.output {
         Format::Json => output::print(Format::Json, &[], &[], &report)?,
         Format::Table => {
@@ -336,18 +455,35 @@ pub fn run(opts: CheckOptions) -> Result<()> {
                 .iter()
                 .map(|c| {
                     vec![
-                        if c.status == "missing" { format!("!MISSING! {}", c.name) } else { c.name.clone() },
+                        if c.status == "missing" {
+                            format!("!MISSING! {}", c.name)
+                        } else {
+                            c.name.clone()
+                        },
                         c.expires.as_deref().map(kubeadm_time).unwrap_or_default(),
-                        c.residual_seconds.map(crate::duration::short_human).unwrap_or_default(),
+                        c.residual_seconds
+                            .map(crate::duration::short_human)
+                            .unwrap_or_default(),
                         c.ca.kubeadm_name().to_owned(),
                         yes_no(c.externally_managed),
-                        if c.problems.is_empty() { c.status.to_owned() } else { c.problems.join("; ") },
+                        if c.problems.is_empty() {
+                            c.status.to_owned()
+                        } else {
+                            c.problems.join("; ")
+                        },
                     ]
                 })
                 .collect();
             output::print(
                 Format::Table,
-                &["CERTIFICATE", "EXPIRES", "RESIDUAL TIME", "CERTIFICATE AUTHORITY", "EXTERNALLY MANAGED", "STATUS"],
+                &[
+                    "CERTIFICATE",
+                    "EXPIRES",
+                    "RESIDUAL TIME",
+                    "CERTIFICATE AUTHORITY",
+                    "EXTERNALLY MANAGED",
+                    "STATUS",
+                ],
                 &rows,
                 &(),
             )?;
@@ -357,15 +493,36 @@ pub fn run(opts: CheckOptions) -> Result<()> {
                 .iter()
                 .map(|c| {
                     vec![
-                        if c.status == "missing" { format!("!MISSING! {}", c.ca.kubeadm_name()) } else { c.ca.kubeadm_name().to_owned() },
+                        if c.status == "missing" {
+                            format!("!MISSING! {}", c.ca.kubeadm_name())
+                        } else {
+                            c.ca.kubeadm_name().to_owned()
+                        },
                         c.expires.as_deref().map(kubeadm_time).unwrap_or_default(),
-                        c.residual_seconds.map(crate::duration::short_human).unwrap_or_default(),
+                        c.residual_seconds
+                            .map(crate::duration::short_human)
+                            .unwrap_or_default(),
                         yes_no(c.externally_managed),
-                        if c.problems.is_empty() { c.status.to_owned() } else { c.problems.join("; ") },
+                        if c.problems.is_empty() {
+                            c.status.to_owned()
+                        } else {
+                            c.problems.join("; ")
+                        },
                     ]
                 })
                 .collect();
-            output::print(Format::Table, &["CERTIFICATE AUTHORITY", "EXPIRES", "RESIDUAL TIME", "EXTERNALLY MANAGED", "STATUS"], &rows, &())?;
+            output::print(
+                Format::Table,
+                &[
+                    "CERTIFICATE AUTHORITY",
+                    "EXPIRES",
+                    "RESIDUAL TIME",
+                    "EXTERNALLY MANAGED",
+                    "STATUS",
+                ],
+                &rows,
+                &(),
+            )?;
         }
     }
     if problems > 0 {
@@ -379,7 +536,9 @@ fn kubeadm_time(rfc3339: &str) -> String {
     use time::format_description::well_known::Rfc3339;
     match time::OffsetDateTime::parse(rfc3339, &Rfc3339) {
         Ok(t) => t
-            .format(time::macros::format_description!("[month repr:short] [day], [year] [hour]:[minute] UTC"))
+            .format(time::macros::format_description!(
+                "[month repr:short] [day], [year] [hour]:[minute] UTC"
+            ))
             .unwrap_or_else(|_| rfc3339.to_owned()),
         Err(_) => rfc3339.to_owned(),
     }

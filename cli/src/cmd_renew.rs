@@ -67,11 +67,21 @@ fn load_existing(item: Item) -> Result<Option<Existing>> {
             if key.exists() {
                 let key_pem = zeroize::Zeroizing::new(crate::fsutil::read_regular(key)?);
                 let k = backend_file::FileSigner::from_pem(key, &key_pem)?;
-                if signer_api::Signer::public_key(&k) != cert.tbs_certificate().subject_public_key_info() {
-                    bail!("{}: does not match its key {}; refusing to renew a certificate for another key", crt.display(), key.display());
+                if signer_api::Signer::public_key(&k)
+                    != cert.tbs_certificate().subject_public_key_info()
+                {
+                    bail!(
+                        "{}: does not match its key {}; refusing to renew a certificate for another key",
+                        crt.display(),
+                        key.display()
+                    );
                 }
             }
-            Ok(Some(Existing { der: der::Encode::to_der(&cert)?, item, kubeconfig: None }))
+            Ok(Some(Existing {
+                der: der::Encode::to_der(&cert)?,
+                item,
+                kubeconfig: None,
+            }))
         }
         Target::Kubeconfig { conf } => {
             if !conf.exists() {
@@ -79,14 +89,27 @@ fn load_existing(item: Item) -> Result<Option<Existing>> {
             }
             let kc = Kubeconfig::load(conf)?;
             let Some(pem) = kc.client_certificate_pem()? else {
-                bail!("{}: has no client certificate to renew (sign its CSR with `kubesign sign`)", conf.display());
+                bail!(
+                    "{}: has no client certificate to renew (sign its CSR with `kubesign sign`)",
+                    conf.display()
+                );
             };
-            let cert = parse_certificate(&pem).map_err(|e| anyhow!("{}: client-certificate-data: {e}", conf.display()))?;
+            let cert = parse_certificate(&pem)
+                .map_err(|e| anyhow!("{}: client-certificate-data: {e}", conf.display()))?;
             let key = backend_file::FileSigner::from_pem(conf, &kc.client_key_pem()?)?;
-            if signer_api::Signer::public_key(&key) != cert.tbs_certificate().subject_public_key_info() {
-                bail!("{}: client-certificate-data does not match client-key-data", conf.display());
+            if signer_api::Signer::public_key(&key)
+                != cert.tbs_certificate().subject_public_key_info()
+            {
+                bail!(
+                    "{}: client-certificate-data does not match client-key-data",
+                    conf.display()
+                );
             }
-            Ok(Some(Existing { der: der::Encode::to_der(&cert)?, item, kubeconfig: Some(kc) }))
+            Ok(Some(Existing {
+                der: der::Encode::to_der(&cert)?,
+                item,
+                kubeconfig: Some(kc),
+            }))
         }
     }
 }
@@ -98,16 +121,25 @@ pub async fn run(opts: RenewOptions) -> Result<()> {
     for n in &opts.names {
         if !all.iter().any(|i| i.profile.name == n) {
             let known: Vec<_> = all.iter().map(|i| i.profile.name).collect();
-            bail!("unknown certificate name {n:?}: expected one of {} (kubeconfigs need --kubeconfig-dir)", known.join(", "));
+            bail!(
+                "unknown certificate name {n:?}: expected one of {} (kubeconfigs need --kubeconfig-dir)",
+                known.join(", ")
+            );
         }
     }
     let mut existing = Vec::new();
     let mut problems = Vec::new();
-    for item in all.into_iter().filter(|i| opts.names.is_empty() || opts.names.iter().any(|n| n == i.profile.name)) {
+    for item in all
+        .into_iter()
+        .filter(|i| opts.names.is_empty() || opts.names.iter().any(|n| n == i.profile.name))
+    {
         let explicitly_named = !opts.names.is_empty();
         match load_existing(item.clone()) {
             Ok(Some(e)) => existing.push(e),
-            Ok(None) if explicitly_named => problems.push(format!("{}: does not exist", item.target.display_path().display())),
+            Ok(None) if explicitly_named => problems.push(format!(
+                "{}: does not exist",
+                item.target.display_path().display()
+            )),
             Ok(None) => {}
             Err(e) => problems.push(format!("{e:#}")),
         }
@@ -116,7 +148,10 @@ pub async fn run(opts: RenewOptions) -> Result<()> {
         bail!("{}\nnothing was renewed", problems.join("\n"));
     }
     if existing.is_empty() {
-        bail!("{}: no kubeadm certificates found to renew", opts.cert_dir.display());
+        bail!(
+            "{}: no kubeadm certificates found to renew",
+            opts.cert_dir.display()
+        );
     }
     let cas = LoadedCas::load(&config, existing.iter().map(|e| e.item.profile.ca)).await?;
 
@@ -126,14 +161,27 @@ pub async fn run(opts: RenewOptions) -> Result<()> {
         let path = e.item.target.display_path();
         let cert = parse_certificate(&e.der).map_err(|m| anyhow!("{}: {m}", path.display()))?;
         let ca = cas.get(e.item.profile.ca)?;
-        verify::verify_certificate_signature(&cert, ca.certificate().tbs_certificate().subject_public_key_info()).map_err(|_| {
-            anyhow!("{}: was not issued by the configured {} CA ({}); refusing to renew it", path.display(), ca.role(), ca.key_uri())
+        verify::verify_certificate_signature(
+            &cert,
+            ca.certificate().tbs_certificate().subject_public_key_info(),
+        )
+        .map_err(|_| {
+            anyhow!(
+                "{}: was not issued by the configured {} CA ({}); refusing to renew it",
+                path.display(),
+                ca.role(),
+                ca.key_uri()
+            )
         })?;
         let subject = CertificateSubject::from_certificate(&cert)?;
         let san_count = subject.alt_names.as_ref().map_or(0, |s| s.0.len());
         e.item
             .profile
-            .check_identity(signer_api::name::common_name(&subject.name).as_deref(), &signer_api::name::organizations(&subject.name), san_count)
+            .check_identity(
+                signer_api::name::common_name(&subject.name).as_deref(),
+                &signer_api::name::organizations(&subject.name),
+                san_count,
+            )
             .map_err(|m| anyhow!("{}: {m}", path.display()))?;
         subjects.push(subject);
     }
@@ -152,11 +200,19 @@ pub async fn run(opts: RenewOptions) -> Result<()> {
             requester: None,
         };
         let issued = ca
-            .issue(&subject, &e.item.profile.policy(config.leaf_validity), now, &audit, context)
+            .issue(
+                &subject,
+                &e.item.profile.policy(config.leaf_validity),
+                now,
+                &audit,
+                context,
+            )
             .await
             .with_context(|| format!("{}: renewal failed; no file was written", path.display()))?;
         match (&e.item.target, e.kubeconfig.as_mut()) {
-            (Target::CertFile { crt, .. }, _) => txn.stage(crt, issued.pem.as_bytes(), 0o644, Replace::Allowed)?,
+            (Target::CertFile { crt, .. }, _) => {
+                txn.stage(crt, issued.pem.as_bytes(), 0o644, Replace::Allowed)?
+            }
             (Target::Kubeconfig { conf }, Some(kc)) => {
                 kc.set_client_certificate(issued.pem.as_bytes())?;
                 txn.stage(conf, kc.to_yaml()?.as_bytes(), 0o600, Replace::Allowed)?;
@@ -175,11 +231,27 @@ pub async fn run(opts: RenewOptions) -> Result<()> {
     txn.commit()?;
     let table: Vec<Vec<String>> = rows
         .iter()
-        .map(|r| vec![r.file.clone(), r.ca.to_string(), r.subject.clone(), r.expires.clone(), r.serial.clone()])
+        .map(|r| {
+            vec![
+                r.file.clone(),
+                r.ca.to_string(),
+                r.subject.clone(),
+                r.expires.clone(),
+                r.serial.clone(),
+            ]
+        })
         .collect();
-    output::print(opts.output, &["FILE", "CA", "SUBJECT", "EXPIRES", "SERIAL"], &table, &rows)?;
+    output::print(
+        opts.output,
+        &["FILE", "CA", "SUBJECT", "EXPIRES", "SERIAL"],
+        &table,
+        &rows,
+    )?;
     if opts.output == Format::Table {
-        eprintln!("renewed {} certificates; restart the control plane components to pick them up", rows.len());
+        eprintln!(
+            "renewed {} certificates; restart the control plane components to pick them up",
+            rows.len()
+        );
     }
     Ok(())
 }

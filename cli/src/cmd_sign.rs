@@ -63,13 +63,23 @@ struct Prepared {
 
 /// Loads and checks one CSR against its profile, its private key, and its target.
 fn prepare(item: Item, force: bool) -> Result<Prepared> {
-    let csr_path = item.csr.clone().ok_or_else(|| anyhow!("internal: item without CSR"))?;
+    let csr_path = item
+        .csr
+        .clone()
+        .ok_or_else(|| anyhow!("internal: item without CSR"))?;
     let bytes = crate::fsutil::read_regular(&csr_path)?;
     let csr = VerifiedCsr::parse(&bytes).with_context(|| format!("{}", csr_path.display()))?;
-    item.profile.check_request(&csr).map_err(|e| anyhow!("{}: {e}", csr_path.display()))?;
+    item.profile
+        .check_request(&csr)
+        .map_err(|e| anyhow!("{}: {e}", csr_path.display()))?;
     let key_matches = |key_pem: &[u8], key_name: &Path| -> Result<()> {
-        let key = backend_file::FileSigner::from_pem(key_name, key_pem)
-            .with_context(|| format!("{}: the private key for {}", key_name.display(), csr_path.display()))?;
+        let key = backend_file::FileSigner::from_pem(key_name, key_pem).with_context(|| {
+            format!(
+                "{}: the private key for {}",
+                key_name.display(),
+                csr_path.display()
+            )
+        })?;
         if signer_api::Signer::public_key(&key) != csr.public_key() {
             bail!(
                 "{}: the request's public key does not match {} (was the CSR made for another key?)",
@@ -83,7 +93,10 @@ fn prepare(item: Item, force: bool) -> Result<Prepared> {
         Target::CertFile { crt, key } => {
             crate::fsutil::refuse_symlink(crt)?;
             if crt.exists() && !force {
-                bail!("{}: already exists; refusing to overwrite it (use --force to replace, or `kubesign renew`)", crt.display());
+                bail!(
+                    "{}: already exists; refusing to overwrite it (use --force to replace, or `kubesign renew`)",
+                    crt.display()
+                );
             }
             let key_pem = zeroize::Zeroizing::new(crate::fsutil::read_regular(key)?);
             key_matches(&key_pem, key)?;
@@ -92,13 +105,20 @@ fn prepare(item: Item, force: bool) -> Result<Prepared> {
         Target::Kubeconfig { conf } => {
             let kc = Kubeconfig::load(conf)?;
             if kc.client_certificate_pem()?.is_some() && !force {
-                bail!("{}: client-certificate-data is already set; refusing to overwrite it (use --force to replace)", conf.display());
+                bail!(
+                    "{}: client-certificate-data is already set; refusing to overwrite it (use --force to replace)",
+                    conf.display()
+                );
             }
             key_matches(&kc.client_key_pem()?, conf)?;
             Some(kc)
         }
     };
-    Ok(Prepared { item, csr, kubeconfig })
+    Ok(Prepared {
+        item,
+        csr,
+        kubeconfig,
+    })
 }
 
 fn same_pem(a: &[u8], b: &[u8]) -> bool {
@@ -140,7 +160,10 @@ pub async fn run(opts: SignOptions) -> Result<()> {
                     "{}: differs from the configured {role} CA certificate {}; kubesign will not sign for a \
                      directory that trusts another CA. Nothing was signed or written.",
                     dest.display(),
-                    config.ca(role).map(|c| c.certificate.display().to_string()).unwrap_or_default()
+                    config
+                        .ca(role)
+                        .map(|c| c.certificate.display().to_string())
+                        .unwrap_or_default()
                 );
             }
         } else {
@@ -165,7 +188,10 @@ pub async fn run(opts: SignOptions) -> Result<()> {
             rows.push(row(p, &p.item, rfc3339(expires), None));
         }
         print_rows(opts.output, &rows)?;
-        eprintln!("dry run: {} certificates would be signed; nothing was signed or written", rows.len());
+        eprintln!(
+            "dry run: {} certificates would be signed; nothing was signed or written",
+            rows.len()
+        );
         return Ok(());
     }
 
@@ -182,20 +208,37 @@ pub async fn run(opts: SignOptions) -> Result<()> {
             requester: None,
         };
         let issued = ca
-            .issue(&CertificateSubject::from(&p.csr), &policy, now, &audit, context)
+            .issue(
+                &CertificateSubject::from(&p.csr),
+                &policy,
+                now,
+                &audit,
+                context,
+            )
             .await
-            .with_context(|| format!("{}: signing failed; no file was written", csr_path.display()))?;
+            .with_context(|| {
+                format!(
+                    "{}: signing failed; no file was written",
+                    csr_path.display()
+                )
+            })?;
         outputs.push((p, issued));
     }
 
     // Stage every file, then move them all into place.
-    let replace = if opts.force { Replace::Allowed } else { Replace::Never };
+    let replace = if opts.force {
+        Replace::Allowed
+    } else {
+        Replace::Never
+    };
     for (dest, bytes) in &ca_copies {
         txn.stage(dest, bytes, 0o644, Replace::Never)?;
     }
     for (p, issued) in &mut outputs {
         match (&p.item.target, &mut p.kubeconfig) {
-            (Target::CertFile { crt, .. }, _) => txn.stage(crt, issued.pem.as_bytes(), 0o644, replace)?,
+            (Target::CertFile { crt, .. }, _) => {
+                txn.stage(crt, issued.pem.as_bytes(), 0o644, replace)?
+            }
             (Target::Kubeconfig { conf }, Some(kc)) => {
                 kc.set_client_certificate(issued.pem.as_bytes())?;
                 kc.set_certificate_authority(cas.certificate_bytes(p.item.profile.ca)?)?;
@@ -206,7 +249,12 @@ pub async fn run(opts: SignOptions) -> Result<()> {
     }
     txn.commit()?;
     for (p, issued) in &outputs {
-        rows.push(row(p, &p.item, issued.record.not_after.clone(), Some(issued.record.serial.clone())));
+        rows.push(row(
+            p,
+            &p.item,
+            issued.record.not_after.clone(),
+            Some(issued.record.serial.clone()),
+        ));
     }
     print_rows(opts.output, &rows)?;
     if opts.output == Format::Table {
@@ -241,11 +289,20 @@ fn print_rows(format: Format, rows: &[Row]) -> Result<()> {
                 r.file.clone(),
                 r.ca.to_string(),
                 r.subject.clone(),
-                if r.sans.is_empty() { "-".into() } else { r.sans.join(",") },
+                if r.sans.is_empty() {
+                    "-".into()
+                } else {
+                    r.sans.join(",")
+                },
                 r.usages.clone(),
                 r.expires.clone(),
             ]
         })
         .collect();
-    output::print(format, &["FILE", "CA", "SUBJECT", "SANS", "USAGES", "EXPIRES"], &table, &rows)
+    output::print(
+        format,
+        &["FILE", "CA", "SUBJECT", "SANS", "USAGES", "EXPIRES"],
+        &table,
+        &rows,
+    )
 }

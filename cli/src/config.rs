@@ -98,7 +98,8 @@ pub struct Config {
 impl Config {
     /// Reads and validates the configuration at `path`.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading configuration {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading configuration {}", path.display()))?;
         Self::parse(&text, path)
     }
 
@@ -108,15 +109,26 @@ impl Config {
         let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| here(format!("{e}")))?;
         match raw.api_version.as_deref() {
             Some(API_VERSION) => {}
-            Some(other) => return Err(here(format!("apiVersion is {other:?}, expected {API_VERSION:?}"))),
-            None => return Err(here(format!("apiVersion is missing, expected {API_VERSION:?}"))),
+            Some(other) => {
+                return Err(here(format!(
+                    "apiVersion is {other:?}, expected {API_VERSION:?}"
+                )));
+            }
+            None => {
+                return Err(here(format!(
+                    "apiVersion is missing, expected {API_VERSION:?}"
+                )));
+            }
         }
         match raw.kind.as_deref() {
             Some(KIND) => {}
             Some(other) => return Err(here(format!("kind is {other:?}, expected {KIND:?}"))),
             None => return Err(here(format!("kind is missing, expected {KIND:?}"))),
         }
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let base = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
         let resolve = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
         let mut cas = Vec::new();
@@ -130,7 +142,9 @@ impl Config {
                 .map_err(|e| here(format!("cas.{role}.key: {e}")))?
                 .resolve_relative(&base);
             if ca.certificate.as_os_str().is_empty() {
-                return Err(here(format!("cas.{role}.certificate is empty: expected the CA certificate path")));
+                return Err(here(format!(
+                    "cas.{role}.certificate is empty: expected the CA certificate path"
+                )));
             }
             cas.push(CaConfig {
                 role,
@@ -140,15 +154,26 @@ impl Config {
             });
         }
         if cas.is_empty() {
-            return Err(here("cas: no CA configured; expected at least one of kubernetes, etcd, front-proxy".into()));
+            return Err(here(
+                "cas: no CA configured; expected at least one of kubernetes, etcd, front-proxy"
+                    .into(),
+            ));
         }
         for (i, a) in cas.iter().enumerate() {
             for b in &cas[..i] {
                 if a.key == b.key {
-                    return Err(here(format!("cas.{} and cas.{} use the same key {}; each CA needs its own key", b.role, a.role, a.key)));
+                    return Err(here(format!(
+                        "cas.{} and cas.{} use the same key {}; each CA needs its own key",
+                        b.role, a.role, a.key
+                    )));
                 }
                 if a.certificate == b.certificate {
-                    return Err(here(format!("cas.{} and cas.{} use the same certificate path {}", b.role, a.role, a.certificate.display())));
+                    return Err(here(format!(
+                        "cas.{} and cas.{} use the same certificate path {}",
+                        b.role,
+                        a.role,
+                        a.certificate.display()
+                    )));
                 }
             }
         }
@@ -172,8 +197,16 @@ impl Config {
             path: path.to_owned(),
             cas,
             audit_path,
-            leaf_validity: period("certificateValidityPeriod", raw.certificate_validity_period, DEFAULT_LEAF_VALIDITY)?,
-            ca_validity: period("caCertificateValidityPeriod", raw.ca_certificate_validity_period, DEFAULT_CA_VALIDITY)?,
+            leaf_validity: period(
+                "certificateValidityPeriod",
+                raw.certificate_validity_period,
+                DEFAULT_LEAF_VALIDITY,
+            )?,
+            ca_validity: period(
+                "caCertificateValidityPeriod",
+                raw.ca_certificate_validity_period,
+                DEFAULT_CA_VALIDITY,
+            )?,
         })
     }
 
@@ -218,7 +251,10 @@ mod tests {
         let c = parse(EXAMPLE).unwrap();
         assert_eq!(c.cas.len(), 3);
         assert_eq!(c.leaf_validity, DEFAULT_LEAF_VALIDITY);
-        assert_eq!(c.ca(CaRole::Etcd).map(|c| c.certificate.clone()), Some(PathBuf::from("/etc/kubernetes/pki/etcd/ca.crt")));
+        assert_eq!(
+            c.ca(CaRole::Etcd).map(|c| c.certificate.clone()),
+            Some(PathBuf::from("/etc/kubernetes/pki/etcd/ca.crt"))
+        );
     }
 
     #[test]
@@ -238,15 +274,42 @@ mod tests {
     fn errors_name_the_file_and_field() {
         let cases = [
             ("kind: SignerConfiguration\n", "apiVersion is missing"),
-            ("apiVersion: v1\nkind: SignerConfiguration\n", "apiVersion is \"v1\""),
-            ("apiVersion: kubesign.dev/v1alpha1\nkind: Other\n", "kind is \"Other\""),
-            ("apiVersion: kubesign.dev/v1alpha1\nkind: SignerConfiguration\naudit: {path: a}\n", "no CA configured"),
-            ("apiVersion: kubesign.dev/v1alpha1\nkind: SignerConfiguration\ncas:\n  kubernetes: {key: /k, certificate: c}\naudit: {path: a}\n", "cas.kubernetes.key"),
-            ("apiVersion: kubesign.dev/v1alpha1\nkind: SignerConfiguration\ncas:\n  kubernetes: {key: 'file:/k', certificate: c, keyAlgorithm: DSA}\naudit: {path: a}\n", "unknown key algorithm"),
-            ("apiVersion: kubesign.dev/v1alpha1\nkind: SignerConfiguration\ncas:\n  kubernetes: {key: 'file:/k', certificate: c}\n", "audit.path is missing"),
-            ("apiVersion: kubesign.dev/v1alpha1\nkind: SignerConfiguration\ncas:\n  kubernetes: {key: 'file:/k', certificate: c}\n  etcd: {key: 'file:/k', certificate: d}\naudit: {path: a}\n", "same key"),
-            ("apiVersion: kubesign.dev/v1alpha1\nkind: SignerConfiguration\ncas:\n  kubernetes: {key: 'file:/k', certificate: c}\naudit: {path: a}\ncertificateValidityPeriod: 1y\n", "certificateValidityPeriod"),
-            ("apiVersion: kubesign.dev/v1alpha1\nkind: SignerConfiguration\ncas: {}\nsurprise: 1\n", "unknown field"),
+            (
+                "apiVersion: v1\nkind: SignerConfiguration\n",
+                "apiVersion is \"v1\"",
+            ),
+            (
+                "apiVersion: kubesign.dev/v1alpha1\nkind: Other\n",
+                "kind is \"Other\"",
+            ),
+            (
+                "apiVersion: kubesign.dev/v1alpha1\nkind: SignerConfiguration\naudit: {path: a}\n",
+                "no CA configured",
+            ),
+            (
+                "apiVersion: kubesign.dev/v1alpha1\nkind: SignerConfiguration\ncas:\n  kubernetes: {key: /k, certificate: c}\naudit: {path: a}\n",
+                "cas.kubernetes.key",
+            ),
+            (
+                "apiVersion: kubesign.dev/v1alpha1\nkind: SignerConfiguration\ncas:\n  kubernetes: {key: 'file:/k', certificate: c, keyAlgorithm: DSA}\naudit: {path: a}\n",
+                "unknown key algorithm",
+            ),
+            (
+                "apiVersion: kubesign.dev/v1alpha1\nkind: SignerConfiguration\ncas:\n  kubernetes: {key: 'file:/k', certificate: c}\n",
+                "audit.path is missing",
+            ),
+            (
+                "apiVersion: kubesign.dev/v1alpha1\nkind: SignerConfiguration\ncas:\n  kubernetes: {key: 'file:/k', certificate: c}\n  etcd: {key: 'file:/k', certificate: d}\naudit: {path: a}\n",
+                "same key",
+            ),
+            (
+                "apiVersion: kubesign.dev/v1alpha1\nkind: SignerConfiguration\ncas:\n  kubernetes: {key: 'file:/k', certificate: c}\naudit: {path: a}\ncertificateValidityPeriod: 1y\n",
+                "certificateValidityPeriod",
+            ),
+            (
+                "apiVersion: kubesign.dev/v1alpha1\nkind: SignerConfiguration\ncas: {}\nsurprise: 1\n",
+                "unknown field",
+            ),
         ];
         for (text, want) in cases {
             let e = format!("{:#}", parse(text).unwrap_err());

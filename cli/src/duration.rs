@@ -5,7 +5,8 @@ use std::time::Duration;
 
 /// Parses a Go duration string: one or more `<number><unit>` with units `h`, `m`, `s`, `ms`.
 pub fn parse(s: &str) -> Result<Duration, String> {
-    let err = || format!("{s:?} is not a duration: expected a Go duration such as 8760h, 720h30m or 90s");
+    let err =
+        || format!("{s:?} is not a duration: expected a Go duration such as 8760h, 720h30m or 90s");
     let s = s.trim();
     if s.is_empty() {
         return Err(err());
@@ -31,7 +32,10 @@ pub fn parse(s: &str) -> Result<Duration, String> {
             return Err(err());
         };
         rest = &rest[len..];
-        total = n.checked_mul(unit_ms).and_then(|v| total.checked_add(v)).ok_or_else(err)?;
+        total = n
+            .checked_mul(unit_ms)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(err)?;
     }
     Ok(Duration::from_millis(total))
 }

@@ -35,7 +35,10 @@ pub fn refuse_symlink(path: &Path) -> Result<()> {
     if let Ok(meta) = fs::symlink_metadata(path)
         && meta.file_type().is_symlink()
     {
-        bail!("{}: is a symlink; kubesign refuses to read or write through symlinks", path.display());
+        bail!(
+            "{}: is a symlink; kubesign refuses to read or write through symlinks",
+            path.display()
+        );
     }
     Ok(())
 }
@@ -64,24 +67,46 @@ impl Transaction {
     }
 
     /// Stages `contents` for `target` with permission bits `mode`.
-    pub fn stage(&mut self, target: &Path, contents: &[u8], mode: u32, replace: Replace) -> Result<()> {
+    pub fn stage(
+        &mut self,
+        target: &Path,
+        contents: &[u8],
+        mode: u32,
+        replace: Replace,
+    ) -> Result<()> {
         refuse_symlink(target)?;
         if replace == Replace::Never && target.exists() {
-            bail!("{}: already exists; refusing to overwrite it (use --force to replace)", target.display());
+            bail!(
+                "{}: already exists; refusing to overwrite it (use --force to replace)",
+                target.display()
+            );
         }
         if self.staged.iter().any(|s| s.target == target) {
             bail!("{}: would be written twice", target.display());
         }
-        let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let mut tmp = tempfile::Builder::new()
             .prefix(".kubesign-")
             .tempfile_in(dir)
-            .with_context(|| format!("{}: cannot create a temporary file in {}", target.display(), dir.display()))?;
+            .with_context(|| {
+                format!(
+                    "{}: cannot create a temporary file in {}",
+                    target.display(),
+                    dir.display()
+                )
+            })?;
         set_mode(tmp.as_file(), mode)
             .and_then(|()| tmp.write_all(contents))
             .and_then(|()| tmp.as_file().sync_all())
             .with_context(|| format!("{}: cannot write", target.display()))?;
-        self.staged.push(Staged { target: target.to_owned(), tmp, replace });
+        self.staged.push(Staged {
+            target: target.to_owned(),
+            tmp,
+            replace,
+        });
         Ok(())
     }
 
@@ -99,13 +124,15 @@ impl Transaction {
             let perms = fs::metadata(&s.target).ok().map(|m| m.permissions());
             let result = match s.replace {
                 Replace::Never => s.tmp.persist_noclobber(&s.target).map(|_| ()).map_err(|e| {
-                    anyhow!(e.error).context(format!("{}: cannot move into place (it may have appeared meanwhile)", s.target.display()))
+                    anyhow!(e.error).context(format!(
+                        "{}: cannot move into place (it may have appeared meanwhile)",
+                        s.target.display()
+                    ))
                 }),
-                Replace::Allowed => s
-                    .tmp
-                    .persist(&s.target)
-                    .map(|_| ())
-                    .map_err(|e| anyhow!(e.error).context(format!("{}: cannot move into place", s.target.display()))),
+                Replace::Allowed => s.tmp.persist(&s.target).map(|_| ()).map_err(|e| {
+                    anyhow!(e.error)
+                        .context(format!("{}: cannot move into place", s.target.display()))
+                }),
             };
             match result {
                 Ok(()) => {
@@ -165,7 +192,10 @@ mod tests {
         assert!(!a.exists());
         assert_eq!(fs::read(&b).unwrap(), b"someone else");
         // No temporary files are left behind.
-        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(left.len(), 1, "{left:?}");
     }
 
@@ -184,7 +214,10 @@ mod tests {
             let l = dir.path().join("l.crt");
             std::os::unix::fs::symlink(&a, &l).unwrap();
             let mut t = Transaction::new();
-            let e = t.stage(&l, b"x", 0o644, Replace::Allowed).unwrap_err().to_string();
+            let e = t
+                .stage(&l, b"x", 0o644, Replace::Allowed)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("symlink"), "{e}");
         }
     }

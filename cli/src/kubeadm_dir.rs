@@ -55,18 +55,26 @@ pub fn all_items(cert_dir: &Path, kubeconfig_dir: Option<&Path>) -> Vec<Item> {
                     crt: cert_dir.join(format!("{}.crt", p.name)),
                     key: cert_dir.join(format!("{}.key", p.name)),
                 },
-                Location::Kubeconfig => Target::Kubeconfig { conf: kubeconfig_dir?.join(p.name) },
+                Location::Kubeconfig => Target::Kubeconfig {
+                    conf: kubeconfig_dir?.join(p.name),
+                },
             };
-            Some(Item { profile: p, target, csr: None })
+            Some(Item {
+                profile: p,
+                target,
+                csr: None,
+            })
         })
         .collect()
 }
 
 fn csr_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
-    let entries = fs::read_dir(dir).map_err(|e| anyhow!("{}: cannot list the directory ({e})", dir.display()))?;
+    let entries = fs::read_dir(dir)
+        .map_err(|e| anyhow!("{}: cannot list the directory ({e})", dir.display()))?;
     for entry in entries {
-        let entry = entry.map_err(|e| anyhow!("{}: cannot list the directory ({e})", dir.display()))?;
+        let entry =
+            entry.map_err(|e| anyhow!("{}: cannot list the directory ({e})", dir.display()))?;
         let path = entry.path();
         if path.extension().is_some_and(|e| e == "csr") {
             out.push(path);
@@ -80,7 +88,10 @@ fn csr_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// file names (with the names kubesign knows), symlinks, CSRs without their key or kubeconfig.
 pub fn scan_csrs(cert_dir: &Path, kubeconfig_dir: Option<&Path>) -> Result<Vec<Item>> {
     if !cert_dir.is_dir() {
-        bail!("{}: is not a directory (expected the --cert-dir that kubeadm certs generate-csr wrote)", cert_dir.display());
+        bail!(
+            "{}: is not a directory (expected the --cert-dir that kubeadm certs generate-csr wrote)",
+            cert_dir.display()
+        );
     }
     let mut problems = Vec::new();
     let mut items = Vec::new();
@@ -92,7 +103,10 @@ pub fn scan_csrs(cert_dir: &Path, kubeconfig_dir: Option<&Path>) -> Result<Vec<I
     let known_certs = profile::known_names(Location::CertDir);
     for (dir, prefix) in dirs {
         for path in csr_files(&dir)? {
-            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let name = format!("{prefix}{stem}");
             match profile::by_name(&name).filter(|p| p.location == Location::CertDir) {
                 Some(p) => {
@@ -121,11 +135,17 @@ pub fn scan_csrs(cert_dir: &Path, kubeconfig_dir: Option<&Path>) -> Result<Vec<I
     }
     if let Some(kdir) = kubeconfig_dir {
         if !kdir.is_dir() {
-            bail!("{}: is not a directory (expected the --kubeconfig-dir of kubeadm certs generate-csr)", kdir.display());
+            bail!(
+                "{}: is not a directory (expected the --kubeconfig-dir of kubeadm certs generate-csr)",
+                kdir.display()
+            );
         }
         let known = profile::known_names(Location::Kubeconfig);
         for path in csr_files(kdir)? {
-            let file = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let file = path
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let conf_name = file.trim_end_matches(".csr");
             match profile::by_name(conf_name).filter(|p| p.location == Location::Kubeconfig) {
                 Some(p) => {
@@ -135,10 +155,18 @@ pub fn scan_csrs(cert_dir: &Path, kubeconfig_dir: Option<&Path>) -> Result<Vec<I
                     }
                     let conf = kdir.join(conf_name);
                     if !conf.exists() {
-                        problems.push(format!("{}: its kubeconfig {} is missing", path.display(), conf.display()));
+                        problems.push(format!(
+                            "{}: its kubeconfig {} is missing",
+                            path.display(),
+                            conf.display()
+                        ));
                         continue;
                     }
-                    items.push(Item { profile: p, target: Target::Kubeconfig { conf }, csr: Some(path) });
+                    items.push(Item {
+                        profile: p,
+                        target: Target::Kubeconfig { conf },
+                        csr: Some(path),
+                    });
                 }
                 None => problems.push(format!(
                     "{}: unknown kubeconfig CSR file name; kubesign knows {} (each as NAME.csr)",

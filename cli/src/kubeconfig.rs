@@ -38,9 +38,13 @@ impl Kubeconfig {
 
     /// Parses kubeconfig text; `path` names the file in errors.
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self> {
-        let doc: Value = serde_yaml::from_slice(bytes).with_context(|| format!("{}: not valid YAML", path.display()))?;
+        let doc: Value = serde_yaml::from_slice(bytes)
+            .with_context(|| format!("{}: not valid YAML", path.display()))?;
         if doc.get("kind").and_then(Value::as_str) != Some("Config") {
-            bail!("{}: not a kubeconfig (kind: Config expected)", path.display());
+            bail!(
+                "{}: not a kubeconfig (kind: Config expected)",
+                path.display()
+            );
         }
         let current = doc
             .get("current-context")
@@ -56,16 +60,39 @@ impl Kubeconfig {
             .iter()
             .find(|c| c.get("name").and_then(Value::as_str) == Some(current.as_str()))
             .and_then(|c| c.get("context"))
-            .ok_or_else(|| anyhow!("{}: current-context {current:?} is not in contexts", path.display()))?;
-        let user = ctx.get("user").and_then(Value::as_str).unwrap_or_default().to_owned();
-        let cluster = ctx.get("cluster").and_then(Value::as_str).unwrap_or_default().to_owned();
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: current-context {current:?} is not in contexts",
+                    path.display()
+                )
+            })?;
+        let user = ctx
+            .get("user")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let cluster = ctx
+            .get("cluster")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         let user_index = entry_index(&doc, "users", &user, path)?;
         let cluster_index = entry_index(&doc, "clusters", &cluster, path)?;
-        Ok(Kubeconfig { path: path.to_owned(), doc, user_index, cluster_index })
+        Ok(Kubeconfig {
+            path: path.to_owned(),
+            doc,
+            user_index,
+            cluster_index,
+        })
     }
 
     fn section(&self, list: &str, index: usize, inner: &str) -> Option<&Mapping> {
-        self.doc.get(list)?.as_sequence()?.get(index)?.get(inner)?.as_mapping()
+        self.doc
+            .get(list)?
+            .as_sequence()?
+            .get(index)?
+            .get(inner)?
+            .as_mapping()
     }
 
     fn section_mut(&mut self, list: &str, index: usize, inner: &str) -> Result<&mut Mapping> {
@@ -81,11 +108,18 @@ impl Kubeconfig {
         if !entry.contains_key(&key) || entry.get(&key).is_some_and(Value::is_null) {
             entry.insert(key.clone(), Value::Mapping(Mapping::new()));
         }
-        entry.get_mut(&key).and_then(Value::as_mapping_mut).ok_or_else(|| anyhow!("{path}: {list}[].{inner} is not a mapping"))
+        entry
+            .get_mut(&key)
+            .and_then(Value::as_mapping_mut)
+            .ok_or_else(|| anyhow!("{path}: {list}[].{inner} is not a mapping"))
     }
 
     fn data(&self, list: &str, index: usize, inner: &str, field: &str) -> Result<Option<Vec<u8>>> {
-        match self.section(list, index, inner).and_then(|m| m.get(field)).and_then(Value::as_str) {
+        match self
+            .section(list, index, inner)
+            .and_then(|m| m.get(field))
+            .and_then(Value::as_str)
+        {
             None | Some("") => Ok(None),
             Some(b64) => STANDARD
                 .decode(b64.trim())
@@ -96,12 +130,24 @@ impl Kubeconfig {
 
     /// The client key (PEM) from client-key-data. kubeadm always embeds it.
     pub fn client_key_pem(&self) -> Result<Zeroizing<Vec<u8>>> {
-        if self.section("users", self.user_index, "user").and_then(|m| m.get("client-key")).is_some() {
-            bail!("{}: the user's key is a file reference (client-key); kubesign expects client-key-data as kubeadm writes it", self.path.display());
+        if self
+            .section("users", self.user_index, "user")
+            .and_then(|m| m.get("client-key"))
+            .is_some()
+        {
+            bail!(
+                "{}: the user's key is a file reference (client-key); kubesign expects client-key-data as kubeadm writes it",
+                self.path.display()
+            );
         }
         let key = self
             .data("users", self.user_index, "user", "client-key-data")?
-            .ok_or_else(|| anyhow!("{}: client-key-data is empty: expected the key kubeadm generated", self.path.display()))?;
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: client-key-data is empty: expected the key kubeadm generated",
+                    self.path.display()
+                )
+            })?;
         Ok(Zeroizing::new(key))
     }
 
@@ -112,26 +158,38 @@ impl Kubeconfig {
 
     /// The embedded CA certificate (PEM), if any.
     pub fn certificate_authority_pem(&self) -> Result<Option<Vec<u8>>> {
-        self.data("clusters", self.cluster_index, "cluster", "certificate-authority-data")
+        self.data(
+            "clusters",
+            self.cluster_index,
+            "cluster",
+            "certificate-authority-data",
+        )
     }
 
     /// Sets client-certificate-data.
     pub fn set_client_certificate(&mut self, pem: &[u8]) -> Result<()> {
         let user = self.section_mut("users", self.user_index, "user")?;
-        user.insert("client-certificate-data".into(), STANDARD.encode(pem).into());
+        user.insert(
+            "client-certificate-data".into(),
+            STANDARD.encode(pem).into(),
+        );
         Ok(())
     }
 
     /// Sets certificate-authority-data to exactly these bytes.
     pub fn set_certificate_authority(&mut self, pem: &[u8]) -> Result<()> {
         let cluster = self.section_mut("clusters", self.cluster_index, "cluster")?;
-        cluster.insert("certificate-authority-data".into(), STANDARD.encode(pem).into());
+        cluster.insert(
+            "certificate-authority-data".into(),
+            STANDARD.encode(pem).into(),
+        );
         Ok(())
     }
 
     /// The document as YAML.
     pub fn to_yaml(&self) -> Result<String> {
-        serde_yaml::to_string(&self.doc).with_context(|| format!("{}: cannot serialize", self.path.display()))
+        serde_yaml::to_string(&self.doc)
+            .with_context(|| format!("{}: cannot serialize", self.path.display()))
     }
 }
 
@@ -150,16 +208,28 @@ mod tests {
         k.set_certificate_authority(b"CA\n").unwrap();
         let out = k.to_yaml().unwrap();
         let again = Kubeconfig::parse(Path::new("admin.conf"), out.as_bytes()).unwrap();
-        assert_eq!(again.client_certificate_pem().unwrap().as_deref(), Some(&b"CERT"[..]));
-        assert_eq!(again.certificate_authority_pem().unwrap().as_deref(), Some(&b"CA\n"[..]));
+        assert_eq!(
+            again.client_certificate_pem().unwrap().as_deref(),
+            Some(&b"CERT"[..])
+        );
+        assert_eq!(
+            again.certificate_authority_pem().unwrap().as_deref(),
+            Some(&b"CA\n"[..])
+        );
         assert_eq!(&*again.client_key_pem().unwrap(), b"key");
     }
 
     #[test]
     fn errors_name_the_file() {
-        let e = Kubeconfig::parse(Path::new("x.conf"), b"kind: Config\n").err().unwrap().to_string();
+        let e = Kubeconfig::parse(Path::new("x.conf"), b"kind: Config\n")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("x.conf") && e.contains("current-context"), "{e}");
-        let e = Kubeconfig::parse(Path::new("x.conf"), b"a: [").err().unwrap().to_string();
+        let e = Kubeconfig::parse(Path::new("x.conf"), b"a: [")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("x.conf"), "{e}");
     }
 }

@@ -1,24 +1,11 @@
 //! The `kubesign` command line: sign kubeadm's certificates with CA keys that never sit on a disk.
 
-mod audit_log;
-mod backends;
-mod cas;
-mod cmd_ca;
-mod cmd_check;
-mod cmd_renew;
-mod cmd_sign;
-mod config;
-mod duration;
-mod fsutil;
-mod kubeadm_dir;
-mod kubeconfig;
-mod output;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
-use output::Format;
+use kubesign_cli::output::Format;
+use kubesign_cli::{cmd_ca, cmd_check, cmd_renew, cmd_sign, config};
 
 const EXIT_ERROR: u8 = 1;
 const EXIT_CHECK_FAILED: u8 = 3;
@@ -46,7 +33,12 @@ struct Cli {
     command: Command,
 
     /// Log verbosity (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "warn", env = "KUBESIGN_LOG_LEVEL")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "warn",
+        env = "KUBESIGN_LOG_LEVEL"
+    )]
     log_level: String,
 
     /// Log format on standard error.
@@ -215,7 +207,9 @@ fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.with_target(false).init(),
         LogFormat::Json => builder.json().init(),
@@ -224,7 +218,9 @@ fn init_logging(level: &str, format: LogFormat) {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Ca(CaCommand::Init { config, output }) => cmd_ca::init(config.config, output).await,
+        Command::Ca(CaCommand::Init { config, output }) => {
+            cmd_ca::init(config.config, output).await
+        }
         Command::Sign(a) => {
             cmd_sign::run(cmd_sign::SignOptions {
                 config: a.config.config,
@@ -259,13 +255,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(ConfigCommand::Validate { config }) => {
             let c = config::Config::load(&config.config)?;
             for ca in &c.cas {
-                println!("{}: key {} certificate {}", ca.role, ca.key, ca.certificate.display());
+                println!(
+                    "{}: key {} certificate {}",
+                    ca.role,
+                    ca.key,
+                    ca.certificate.display()
+                );
             }
             println!("audit log: {}", c.audit_path.display());
             Ok(())
         }
         Command::Completion { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "kubesign", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "kubesign",
+                &mut std::io::stdout(),
+            );
             Ok(())
         }
     }
@@ -274,7 +280,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_level, cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

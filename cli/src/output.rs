@@ -16,7 +16,12 @@ pub enum Format {
 }
 
 /// Prints `rows` as a table with `headers`, or as JSON (`json` is the document to print).
-pub fn print<T: Serialize>(format: Format, headers: &[&str], rows: &[Vec<String>], json: &T) -> anyhow::Result<()> {
+pub fn print<T: Serialize>(
+    format: Format,
+    headers: &[&str],
+    rows: &[Vec<String>],
+    json: &T,
+) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match format {

@@ -14,15 +14,20 @@ pub mod oid {
     use const_oid::ObjectIdentifier;
 
     /// rsaEncryption (RFC 8017)
-    pub const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+    pub const RSA_ENCRYPTION: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
     /// sha1WithRSAEncryption
-    pub const SHA1_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.5");
+    pub const SHA1_WITH_RSA: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.5");
     /// sha256WithRSAEncryption
-    pub const SHA256_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
+    pub const SHA256_WITH_RSA: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
     /// sha384WithRSAEncryption
-    pub const SHA384_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.12");
+    pub const SHA384_WITH_RSA: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.12");
     /// sha512WithRSAEncryption
-    pub const SHA512_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.13");
+    pub const SHA512_WITH_RSA: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.13");
     /// id-ecPublicKey (RFC 5480)
     pub const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
     /// secp256r1 / prime256v1 / P-256
@@ -30,17 +35,21 @@ pub mod oid {
     /// secp384r1 / P-384
     pub const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
     /// ecdsa-with-SHA256 (RFC 5758)
-    pub const ECDSA_WITH_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+    pub const ECDSA_WITH_SHA256: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
     /// ecdsa-with-SHA384
-    pub const ECDSA_WITH_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
+    pub const ECDSA_WITH_SHA384: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
     /// ecdsa-with-SHA512
-    pub const ECDSA_WITH_SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.4");
+    pub const ECDSA_WITH_SHA512: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.4");
     /// id-kp-serverAuth
     pub const KP_SERVER_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.1");
     /// id-kp-clientAuth
     pub const KP_CLIENT_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.2");
     /// PKCS#9 extensionRequest attribute
-    pub const EXTENSION_REQUEST: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.14");
+    pub const EXTENSION_REQUEST: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.14");
     /// subjectAltName extension
     pub const SUBJECT_ALT_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.17");
     /// basicConstraints extension
@@ -52,7 +61,8 @@ pub mod oid {
     /// subjectKeyIdentifier extension
     pub const SUBJECT_KEY_IDENTIFIER: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.14");
     /// authorityKeyIdentifier extension
-    pub const AUTHORITY_KEY_IDENTIFIER: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.35");
+    pub const AUTHORITY_KEY_IDENTIFIER: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("2.5.29.35");
 }
 
 /// A CA key type, named as kubeadm names it in `ClusterConfiguration.encryptionAlgorithm`.
@@ -119,7 +129,9 @@ impl fmt::Display for KeyAlgorithm {
 
 /// The error for a key algorithm name that kubeadm does not know.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown key algorithm {0:?}: expected one of RSA-2048, RSA-3072, RSA-4096, ECDSA-P256, ECDSA-P384")]
+#[error(
+    "unknown key algorithm {0:?}: expected one of RSA-2048, RSA-3072, RSA-4096, ECDSA-P256, ECDSA-P384"
+)]
 pub struct UnknownKeyAlgorithm(pub String);
 
 impl FromStr for KeyAlgorithm {
@@ -184,7 +196,10 @@ impl SignatureAlgorithm {
             SignatureAlgorithm::RsaPkcs1Sha256 => Some(der::Any::from(AnyRef::NULL)),
             _ => None,
         };
-        AlgorithmIdentifierOwned { oid: self.oid(), parameters }
+        AlgorithmIdentifierOwned {
+            oid: self.oid(),
+            parameters,
+        }
     }
 
     /// Whether a key of `kind` can make signatures of this algorithm.
@@ -193,7 +208,10 @@ impl SignatureAlgorithm {
             (self, kind),
             (SignatureAlgorithm::EcdsaP256Sha256, PublicKeyKind::EcP256)
                 | (SignatureAlgorithm::EcdsaP384Sha384, PublicKeyKind::EcP384)
-                | (SignatureAlgorithm::RsaPkcs1Sha256, PublicKeyKind::Rsa { .. })
+                | (
+                    SignatureAlgorithm::RsaPkcs1Sha256,
+                    PublicKeyKind::Rsa { .. }
+                )
         )
     }
 }
@@ -256,7 +274,9 @@ pub enum KeyPolicyError {
         curve: String,
     },
     /// A key algorithm that is neither RSA nor EC (for example Ed25519).
-    #[error("public key algorithm {oid} is not supported: kubesign accepts RSA (2048 bits or more) and ECDSA P-256/P-384")]
+    #[error(
+        "public key algorithm {oid} is not supported: kubesign accepts RSA (2048 bits or more) and ECDSA P-256/P-384"
+    )]
     UnsupportedAlgorithm {
         /// The algorithm OID.
         oid: ObjectIdentifier,
@@ -277,9 +297,10 @@ impl PublicKeyKind {
     /// Classifies a SubjectPublicKeyInfo and applies kubesign's key policy: RSA 2048 to 8192 bits,
     /// EC on P-256 or P-384, nothing else.
     pub fn from_spki(spki: &SubjectPublicKeyInfoOwned) -> Result<Self, KeyPolicyError> {
-        let key_bytes = spki.subject_public_key.as_bytes().ok_or_else(|| {
-            KeyPolicyError::Malformed("subjectPublicKey has unused bits".into())
-        })?;
+        let key_bytes = spki
+            .subject_public_key
+            .as_bytes()
+            .ok_or_else(|| KeyPolicyError::Malformed("subjectPublicKey has unused bits".into()))?;
         match spki.algorithm.oid {
             oid::RSA_ENCRYPTION => {
                 let key = RsaPublicKey::from_der(key_bytes)
@@ -344,7 +365,10 @@ mod tests {
             assert_eq!(a.kubeadm_name().parse::<KeyAlgorithm>().ok(), Some(a));
         }
         assert!("ed25519".parse::<KeyAlgorithm>().is_err());
-        assert_eq!("ecdsa-p384".parse::<KeyAlgorithm>().ok(), Some(KeyAlgorithm::EcdsaP384));
+        assert_eq!(
+            "ecdsa-p384".parse::<KeyAlgorithm>().ok(),
+            Some(KeyAlgorithm::EcdsaP384)
+        );
     }
 
     #[test]

@@ -76,19 +76,30 @@ impl AuditRecord {
         now: std::time::SystemTime,
         context: RequestContext,
     ) -> Self {
-        use crate::ca::{hex, not_after, not_before, rfc3339, sha256_hex};
+        use crate::ca::{not_after, not_before, rfc3339, serial_hex, sha256_hex};
         use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAltName};
         let tbs = cert.tbs_certificate();
         let sans = match tbs.get_extension::<SubjectAltName>() {
-            Ok(Some((_, san))) => crate::name::sans(&san).iter().map(ToString::to_string).collect(),
+            Ok(Some((_, san))) => crate::name::sans(&san)
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             _ => Vec::new(),
         };
         let key_usage = match tbs.get_extension::<KeyUsage>() {
-            Ok(Some((_, ku))) => crate::policy::KeyUsageSet(ku.0).names().into_iter().map(str::to_owned).collect(),
+            Ok(Some((_, ku))) => crate::policy::KeyUsageSet(ku.0)
+                .names()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
             _ => Vec::new(),
         };
         let ext_key_usage = match tbs.get_extension::<ExtendedKeyUsage>() {
-            Ok(Some((_, eku))) => eku.0.iter().map(crate::policy::ext_key_usage_name).collect(),
+            Ok(Some((_, eku))) => eku
+                .0
+                .iter()
+                .map(crate::policy::ext_key_usage_name)
+                .collect(),
             _ => Vec::new(),
         };
         let is_ca = matches!(tbs.get_extension::<BasicConstraints>(), Ok(Some((_, bc))) if bc.ca);
@@ -97,7 +108,7 @@ impl AuditRecord {
             event: if is_ca { "ca-created" } else { "issued" },
             ca,
             key: key.to_owned(),
-            serial: hex(tbs.serial_number().as_bytes()),
+            serial: serial_hex(tbs.serial_number()),
             subject: crate::name::display(tbs.subject()),
             sans,
             key_usage,
@@ -111,7 +122,8 @@ impl AuditRecord {
 
     /// The record as one line of JSON (no trailing newline).
     pub fn to_json_line(&self) -> String {
-        serde_json::to_string(self).expect("invariant: AuditRecord serializes to JSON (plain strings and lists)")
+        serde_json::to_string(self)
+            .expect("invariant: AuditRecord serializes to JSON (plain strings and lists)")
     }
 }
 
@@ -127,7 +139,10 @@ pub struct AuditError {
 impl AuditError {
     /// A new error; `message` should name the log.
     pub fn new(message: impl Into<String>, source: Option<std::io::Error>) -> Self {
-        AuditError { message: message.into(), source }
+        AuditError {
+            message: message.into(),
+            source,
+        }
     }
 }
 

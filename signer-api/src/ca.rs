@@ -6,18 +6,21 @@ use std::time::{Duration, SystemTime};
 
 use der::asn1::{BitString, OctetString};
 use der::{Decode, Encode};
-use spki::{AlgorithmIdentifierOwned, DynSignatureAlgorithmIdentifier, EncodePublicKey, SubjectPublicKeyInfoOwned};
+use spki::{
+    AlgorithmIdentifierOwned, DynSignatureAlgorithmIdentifier, EncodePublicKey,
+    SubjectPublicKeyInfoOwned,
+};
+use x509_cert::Certificate;
 use x509_cert::builder::{Builder, CertificateBuilder, profile::BuilderProfile};
 use x509_cert::certificate::TbsCertificate;
 use x509_cert::ext::Extension;
 use x509_cert::ext::pkix::{
-    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectAltName,
-    SubjectKeyIdentifier, name::GeneralName,
+    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages,
+    SubjectAltName, SubjectKeyIdentifier, name::GeneralName,
 };
 use x509_cert::name::Name;
 use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::{Time, Validity};
-use x509_cert::Certificate;
 
 use crate::algorithm::{PublicKeyKind, oid};
 use crate::audit::{AuditRecord, AuditSink, RequestContext};
@@ -56,7 +59,9 @@ impl CertificateSubject {
         let tbs = cert.tbs_certificate();
         let alt_names = tbs
             .get_extension::<SubjectAltName>()
-            .map_err(|e| IssueError::Encoding(format!("subjectAltName of the existing certificate: {e}")))?
+            .map_err(|e| {
+                IssueError::Encoding(format!("subjectAltName of the existing certificate: {e}"))
+            })?
             .map(|(_, san)| san);
         Ok(CertificateSubject {
             name: tbs.subject().clone(),
@@ -118,7 +123,10 @@ pub enum CaError {
 pub fn parse_certificate(input: &[u8]) -> Result<Certificate, String> {
     let der = if pem::is_pem(input) {
         let blocks = pem::decode_all(input).map_err(|e| e.to_string())?;
-        let certs: Vec<_> = blocks.into_iter().filter(|b| b.label == "CERTIFICATE").collect();
+        let certs: Vec<_> = blocks
+            .into_iter()
+            .filter(|b| b.label == "CERTIFICATE")
+            .collect();
         match certs.len() {
             1 => certs.into_iter().next().map(|b| b.der).unwrap_or_default(),
             0 => return Err("no CERTIFICATE PEM block".into()),
@@ -137,28 +145,43 @@ pub fn not_after(cert: &Certificate) -> SystemTime {
 
 /// A certificate's notBefore as SystemTime.
 pub fn not_before(cert: &Certificate) -> SystemTime {
-    cert.tbs_certificate().validity().not_before.to_system_time()
+    cert.tbs_certificate()
+        .validity()
+        .not_before
+        .to_system_time()
 }
 
 impl CertificateAuthority {
     /// Binds a CA certificate (PEM or DER) to the signer holding its key. Fails unless the
     /// certificate is a CA certificate (basicConstraints CA:TRUE, keyCertSign when keyUsage is
     /// present) and the signer's public key is the certificate's public key.
-    pub fn new(role: CaRole, certificate: &[u8], signer: Arc<dyn Signer>, key_uri: String) -> Result<Self, CaError> {
+    pub fn new(
+        role: CaRole,
+        certificate: &[u8],
+        signer: Arc<dyn Signer>,
+        key_uri: String,
+    ) -> Result<Self, CaError> {
         let bad = |reason: String| CaError::Certificate { ca: role, reason };
         let cert = parse_certificate(certificate).map_err(bad)?;
         let tbs = cert.tbs_certificate();
         match tbs.get_extension::<BasicConstraints>() {
             Ok(Some((_, bc))) if bc.ca => {}
-            Ok(_) => return Err(bad("not a CA certificate (basicConstraints CA:TRUE missing)".into())),
+            Ok(_) => {
+                return Err(bad(
+                    "not a CA certificate (basicConstraints CA:TRUE missing)".into(),
+                ));
+            }
             Err(e) => return Err(bad(format!("basicConstraints: {e}"))),
         }
         if let Ok(Some((_, ku))) = tbs.get_extension::<KeyUsage>()
             && !ku.0.contains(KeyUsages::KeyCertSign)
         {
-            return Err(bad("keyUsage lacks keyCertSign: the certificate may not sign certificates".into()));
+            return Err(bad(
+                "keyUsage lacks keyCertSign: the certificate may not sign certificates".into(),
+            ));
         }
-        let cert_kind = PublicKeyKind::from_spki(tbs.subject_public_key_info()).map_err(|e| bad(e.to_string()))?;
+        let cert_kind = PublicKeyKind::from_spki(tbs.subject_public_key_info())
+            .map_err(|e| bad(e.to_string()))?;
         let key_err = |source| CaError::Key { ca: role, source };
         if signer.public_key() != tbs.subject_public_key_info() {
             return Err(key_err(SignerError::new(
@@ -175,7 +198,10 @@ impl CertificateAuthority {
         if !signer.algorithm().fits(cert_kind) {
             return Err(key_err(SignerError::new(
                 ErrorKind::Unsupported,
-                format!("the key {key_uri} signs with {} which does not fit a {cert_kind} key", signer.algorithm()),
+                format!(
+                    "the key {key_uri} signs with {} which does not fit a {cert_kind} key",
+                    signer.algorithm()
+                ),
             )));
         }
         let key_id = match tbs.get_extension::<SubjectKeyIdentifier>() {
@@ -237,7 +263,10 @@ impl CertificateAuthority {
     ) -> Result<IssuedCertificate, IssueError> {
         PublicKeyKind::from_spki(&subject.public_key)?;
         if now >= self.not_after {
-            return Err(IssueError::CaUnusable { ca: self.role, reason: "the CA certificate has expired".into() });
+            return Err(IssueError::CaUnusable {
+                ca: self.role,
+                reason: "the CA certificate has expired".into(),
+            });
         }
         let not_before = now.checked_sub(policy.backdate).unwrap_or(now);
         let mut not_after = now + policy.validity;
@@ -246,13 +275,26 @@ impl CertificateAuthority {
         }
         let not_after = not_after.min(self.not_after);
 
-        let mut extensions = vec![
-            extension(oid::KEY_USAGE, true, &KeyUsage::from(policy.key_usage))?,
-        ];
+        let mut extensions = vec![extension(
+            oid::KEY_USAGE,
+            true,
+            &KeyUsage::from(policy.key_usage),
+        )?];
         if !policy.extended_key_usage.is_empty() {
-            extensions.push(extension(oid::EXT_KEY_USAGE, false, &ExtendedKeyUsage(policy.extended_key_usage.clone()))?);
+            extensions.push(extension(
+                oid::EXT_KEY_USAGE,
+                false,
+                &ExtendedKeyUsage(policy.extended_key_usage.clone()),
+            )?);
         }
-        extensions.push(extension(oid::BASIC_CONSTRAINTS, true, &BasicConstraints { ca: false, path_len_constraint: None })?);
+        extensions.push(extension(
+            oid::BASIC_CONSTRAINTS,
+            true,
+            &BasicConstraints {
+                ca: false,
+                path_len_constraint: None,
+            },
+        )?);
         extensions.push(extension(
             oid::SUBJECT_KEY_IDENTIFIER,
             false,
@@ -271,18 +313,35 @@ impl CertificateAuthority {
             && !san.0.is_empty()
         {
             // RFC 5280: SAN is critical when the subject is empty.
-            extensions.push(extension(oid::SUBJECT_ALT_NAME, subject.name.is_empty(), san)?);
+            extensions.push(extension(
+                oid::SUBJECT_ALT_NAME,
+                subject.name.is_empty(),
+                san,
+            )?);
         }
 
         let issuer = self.certificate.tbs_certificate().subject().clone();
         let der = self
-            .sign(issuer, subject.name.clone(), subject.public_key.clone(), not_before, not_after, extensions)
+            .sign(
+                issuer,
+                subject.name.clone(),
+                subject.public_key.clone(),
+                not_before,
+                not_after,
+                extensions,
+            )
             .await?;
         let cert = Certificate::from_der(&der)?;
 
-        let record = AuditRecord::for_certificate(&cert, &der, self.role, &self.key_uri, now, context);
+        let record =
+            AuditRecord::for_certificate(&cert, &der, self.role, &self.key_uri, now, context);
         audit.record(&record).await?;
-        Ok(IssuedCertificate { pem: pem::encode("CERTIFICATE", &der), not_after: crate::ca::not_after(&cert), der, record })
+        Ok(IssuedCertificate {
+            pem: pem::encode("CERTIFICATE", &der),
+            not_after: crate::ca::not_after(&cert),
+            der,
+            record,
+        })
     }
 
     /// Builds, signs and verifies one certificate; returns its DER.
@@ -297,19 +356,32 @@ impl CertificateAuthority {
     ) -> Result<Vec<u8>, IssueError> {
         let serial = random_serial()?;
         let validity = Validity::new(time(not_before)?, time(not_after)?);
-        let profile = FixedProfile { issuer, subject, extensions };
+        let profile = FixedProfile {
+            issuer,
+            subject,
+            extensions,
+        };
         let mut builder = CertificateBuilder::new(profile, serial, validity, public_key)?;
-        let tbs_signer = TbsSigner { public_key: self.signer.public_key().clone(), algorithm: self.signer.algorithm().algorithm_identifier() };
+        let tbs_signer = TbsSigner {
+            public_key: self.signer.public_key().clone(),
+            algorithm: self.signer.algorithm().algorithm_identifier(),
+        };
         let tbs = builder.finalize(&tbs_signer)?;
         let signature = self
             .signer
             .sign(&tbs)
             .await
-            .map_err(|source| IssueError::Signing { ca: self.role, source })?;
+            .map_err(|source| IssueError::Signing {
+                ca: self.role,
+                source,
+            })?;
         let cert = builder.assemble(BitString::from_bytes(&signature)?, &tbs_signer)?;
         // Verify-after-sign against the CA *certificate's* key, not the backend's claim.
-        verify::verify_certificate_signature(&cert, self.certificate.tbs_certificate().subject_public_key_info())
-            .map_err(|_| IssueError::SignatureInvalid { ca: self.role })?;
+        verify::verify_certificate_signature(
+            &cert,
+            self.certificate.tbs_certificate().subject_public_key_info(),
+        )
+        .map_err(|_| IssueError::SignatureInvalid { ca: self.role })?;
         Ok(cert.to_der()?)
     }
 
@@ -317,36 +389,74 @@ impl CertificateAuthority {
     /// `signer`: CN as kubeadm names the CA, a DNS SAN equal to the CN, keyUsage
     /// digitalSignature+keyEncipherment+keyCertSign, CA:TRUE without a path length, SKI and AKI,
     /// valid from 5 minutes ago for `validity`. The signature is verified before it is returned.
-    pub async fn self_signed(role: CaRole, signer: &dyn Signer, validity: Duration, now: SystemTime) -> Result<Vec<u8>, IssueError> {
+    pub async fn self_signed(
+        role: CaRole,
+        signer: &dyn Signer,
+        validity: Duration,
+        now: SystemTime,
+    ) -> Result<Vec<u8>, IssueError> {
         PublicKeyKind::from_spki(signer.public_key())?;
         let cn = role.common_name();
         let name: Name = format!("CN={cn}")
             .parse()
             .map_err(|e: der::Error| IssueError::Encoding(e.to_string()))?;
         let key_id = key_identifier(signer.public_key());
-        let usage = KeyUsageSet::from(KeyUsages::DigitalSignature | KeyUsages::KeyEncipherment | KeyUsages::KeyCertSign);
+        let usage = KeyUsageSet::from(
+            KeyUsages::DigitalSignature | KeyUsages::KeyEncipherment | KeyUsages::KeyCertSign,
+        );
         let dns = der::asn1::Ia5String::new(cn)?;
         let extensions = vec![
             extension(oid::KEY_USAGE, true, &KeyUsage::from(usage))?,
-            extension(oid::BASIC_CONSTRAINTS, true, &BasicConstraints { ca: true, path_len_constraint: None })?,
-            extension(oid::SUBJECT_KEY_IDENTIFIER, false, &SubjectKeyIdentifier(OctetString::new(key_id.clone())?))?,
+            extension(
+                oid::BASIC_CONSTRAINTS,
+                true,
+                &BasicConstraints {
+                    ca: true,
+                    path_len_constraint: None,
+                },
+            )?,
+            extension(
+                oid::SUBJECT_KEY_IDENTIFIER,
+                false,
+                &SubjectKeyIdentifier(OctetString::new(key_id.clone())?),
+            )?,
             extension(
                 oid::AUTHORITY_KEY_IDENTIFIER,
                 false,
-                &AuthorityKeyIdentifier { key_identifier: Some(OctetString::new(key_id)?), authority_cert_issuer: None, authority_cert_serial_number: None },
+                &AuthorityKeyIdentifier {
+                    key_identifier: Some(OctetString::new(key_id)?),
+                    authority_cert_issuer: None,
+                    authority_cert_serial_number: None,
+                },
             )?,
-            extension(oid::SUBJECT_ALT_NAME, false, &SubjectAltName(vec![GeneralName::DnsName(dns)]))?,
+            extension(
+                oid::SUBJECT_ALT_NAME,
+                false,
+                &SubjectAltName(vec![GeneralName::DnsName(dns)]),
+            )?,
         ];
         let serial = random_serial()?;
         let not_before = now.checked_sub(crate::policy::BACKDATE).unwrap_or(now);
         let validity = Validity::new(time(not_before)?, time(now + validity)?);
-        let profile = FixedProfile { issuer: name.clone(), subject: name, extensions };
-        let mut builder = CertificateBuilder::new(profile, serial, validity, signer.public_key().clone())?;
-        let tbs_signer = TbsSigner { public_key: signer.public_key().clone(), algorithm: signer.algorithm().algorithm_identifier() };
+        let profile = FixedProfile {
+            issuer: name.clone(),
+            subject: name,
+            extensions,
+        };
+        let mut builder =
+            CertificateBuilder::new(profile, serial, validity, signer.public_key().clone())?;
+        let tbs_signer = TbsSigner {
+            public_key: signer.public_key().clone(),
+            algorithm: signer.algorithm().algorithm_identifier(),
+        };
         let tbs = builder.finalize(&tbs_signer)?;
-        let signature = signer.sign(&tbs).await.map_err(|source| IssueError::Signing { ca: role, source })?;
+        let signature = signer
+            .sign(&tbs)
+            .await
+            .map_err(|source| IssueError::Signing { ca: role, source })?;
         let cert = builder.assemble(BitString::from_bytes(&signature)?, &tbs_signer)?;
-        verify::verify_certificate_signature(&cert, signer.public_key()).map_err(|_| IssueError::SignatureInvalid { ca: role })?;
+        verify::verify_certificate_signature(&cert, signer.public_key())
+            .map_err(|_| IssueError::SignatureInvalid { ca: role })?;
         Ok(cert.to_der()?)
     }
 }
@@ -405,8 +515,16 @@ impl DynSignatureAlgorithmIdentifier for TbsSigner {
     }
 }
 
-fn extension<T: Encode>(id: const_oid::ObjectIdentifier, critical: bool, value: &T) -> Result<Extension, IssueError> {
-    Ok(Extension { extn_id: id, critical, extn_value: OctetString::new(value.to_der()?)? })
+fn extension<T: Encode>(
+    id: const_oid::ObjectIdentifier,
+    critical: bool,
+    value: &T,
+) -> Result<Extension, IssueError> {
+    Ok(Extension {
+        extn_id: id,
+        critical,
+        extn_value: OctetString::new(value.to_der()?)?,
+    })
 }
 
 /// A positive 128-bit random serial number (a leading zero octet is added by the encoder when
@@ -414,8 +532,9 @@ fn extension<T: Encode>(id: const_oid::ObjectIdentifier, critical: bool, value: 
 fn random_serial() -> Result<SerialNumber, IssueError> {
     let mut bytes = [0u8; 16];
     loop {
-        aws_lc_rs::rand::fill(&mut bytes)
-            .map_err(|_| IssueError::Encoding("the system random number generator failed".into()))?;
+        aws_lc_rs::rand::fill(&mut bytes).map_err(|_| {
+            IssueError::Encoding("the system random number generator failed".into())
+        })?;
         if bytes[0] != 0 {
             break;
         }
@@ -425,9 +544,25 @@ fn random_serial() -> Result<SerialNumber, IssueError> {
 
 fn time(t: SystemTime) -> Result<Time, IssueError> {
     // Whole seconds: X.509 times carry no fractions.
-    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_err(|_| IssueError::Encoding("time before 1970".into()))?.as_secs();
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_err(|_| IssueError::Encoding("time before 1970".into()))?
+        .as_secs();
     let dt = der::DateTime::from_unix_duration(Duration::from_secs(secs))?;
-    Ok(Time::GeneralTime(der::asn1::GeneralizedTime::from_date_time(dt)))
+    Ok(Time::GeneralTime(
+        der::asn1::GeneralizedTime::from_date_time(dt),
+    ))
+}
+
+/// A serial number as lowercase hex of the positive integer (no DER sign octet), as openssl
+/// prints it.
+pub fn serial_hex(serial: &SerialNumber) -> String {
+    let bytes = serial.as_bytes();
+    let start = bytes
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(bytes.len().saturating_sub(1));
+    hex(&bytes[start..])
 }
 
 /// Lowercase hex.
@@ -442,6 +577,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// RFC 3339 UTC with second precision.
 pub fn rfc3339(t: SystemTime) -> String {
-    let odt = time::OffsetDateTime::from(t).replace_nanosecond(0).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    odt.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    let odt = time::OffsetDateTime::from(t)
+        .replace_nanosecond(0)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    odt.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }

@@ -40,7 +40,9 @@ pub enum CsrError {
     Key(#[from] KeyPolicyError),
     /// The self-signature does not verify: the requester does not hold the private key, or the
     /// request was altered.
-    #[error("the request's signature does not verify with its own public key (proof of possession failed): {0}")]
+    #[error(
+        "the request's signature does not verify with its own public key (proof of possession failed): {0}"
+    )]
     ProofOfPossession(VerifyError),
     /// The extensionRequest attribute is malformed or repeated.
     #[error("malformed extensionRequest attribute: {0}")]
@@ -66,7 +68,9 @@ impl VerifiedCsr {
             let blocks = pem::decode_all(input)?;
             let mut reqs: Vec<_> = blocks
                 .iter()
-                .filter(|b| b.label == "CERTIFICATE REQUEST" || b.label == "NEW CERTIFICATE REQUEST")
+                .filter(|b| {
+                    b.label == "CERTIFICATE REQUEST" || b.label == "NEW CERTIFICATE REQUEST"
+                })
                 .collect();
             match reqs.len() {
                 0 => return Err(CsrError::WrongLabel(blocks[0].label.clone())),
@@ -85,7 +89,10 @@ impl VerifiedCsr {
             return Err(CsrError::Version);
         }
         let key_kind = PublicKeyKind::from_spki(&req.info.public_key)?;
-        let info_der = req.info.to_der().map_err(|e| CsrError::Der(e.to_string()))?;
+        let info_der = req
+            .info
+            .to_der()
+            .map_err(|e| CsrError::Der(e.to_string()))?;
         let signature = req
             .signature
             .as_bytes()
@@ -95,9 +102,16 @@ impl VerifiedCsr {
 
         let mut extensions: Vec<Extension> = Vec::new();
         let mut seen_request = false;
-        for attr in req.info.attributes.iter().filter(|a| a.oid == oid::EXTENSION_REQUEST) {
+        for attr in req
+            .info
+            .attributes
+            .iter()
+            .filter(|a| a.oid == oid::EXTENSION_REQUEST)
+        {
             if seen_request || attr.values.len() != 1 {
-                return Err(CsrError::ExtensionRequest("more than one extensionRequest".into()));
+                return Err(CsrError::ExtensionRequest(
+                    "more than one extensionRequest".into(),
+                ));
             }
             seen_request = true;
             for value in attr.values.iter() {
@@ -110,7 +124,10 @@ impl VerifiedCsr {
         let mut subject_alt_name = None;
         for (i, ext) in extensions.iter().enumerate() {
             if extensions[..i].iter().any(|e| e.extn_id == ext.extn_id) {
-                return Err(CsrError::ExtensionRequest(format!("extension {} requested twice", ext.extn_id)));
+                return Err(CsrError::ExtensionRequest(format!(
+                    "extension {} requested twice",
+                    ext.extn_id
+                )));
             }
             if ext.extn_id == oid::SUBJECT_ALT_NAME {
                 let san = SubjectAltName::from_der(ext.extn_value.as_bytes())
@@ -150,7 +167,10 @@ impl VerifiedCsr {
 
     /// The requested SANs, typed.
     pub fn sans(&self) -> Vec<San> {
-        self.subject_alt_name.as_ref().map(name::sans).unwrap_or_default()
+        self.subject_alt_name
+            .as_ref()
+            .map(name::sans)
+            .unwrap_or_default()
     }
 
     /// Every requested extension, including subjectAltName.
@@ -162,7 +182,9 @@ impl VerifiedCsr {
     pub fn requests_ca(&self) -> bool {
         self.extensions.iter().any(|e| {
             e.extn_id == oid::BASIC_CONSTRAINTS
-                && BasicConstraints::from_der(e.extn_value.as_bytes()).map(|bc| bc.ca).unwrap_or(true)
+                && BasicConstraints::from_der(e.extn_value.as_bytes())
+                    .map(|bc| bc.ca)
+                    .unwrap_or(true)
         })
     }
 
@@ -199,8 +221,15 @@ mod tests {
 
     #[test]
     fn parses_and_verifies_each_accepted_key_type() {
-        for alg in [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_RSA_SHA256] {
-            let pem = csr_pem(alg, vec![SanType::DnsName("kubernetes".try_into().unwrap())]);
+        for alg in [
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+            &rcgen::PKCS_RSA_SHA256,
+        ] {
+            let pem = csr_pem(
+                alg,
+                vec![SanType::DnsName("kubernetes".try_into().unwrap())],
+            );
             let csr = VerifiedCsr::parse(pem.as_bytes()).unwrap();
             assert_eq!(csr.common_name().as_deref(), Some("kube-apiserver"));
             assert_eq!(csr.sans(), vec![San::Dns("kubernetes".into())]);
@@ -217,14 +246,26 @@ mod tests {
         // Flip a byte inside the common name.
         let pos = der.windows(4).position(|w| w == b"kube").unwrap();
         der[pos] = b'K';
-        assert!(matches!(VerifiedCsr::parse(&der), Err(CsrError::ProofOfPossession(_))));
+        assert!(matches!(
+            VerifiedCsr::parse(&der),
+            Err(CsrError::ProofOfPossession(_))
+        ));
     }
 
     #[test]
     fn rejects_other_key_types_and_garbage() {
         let pem = csr_pem(&rcgen::PKCS_ED25519, vec![]);
-        assert!(matches!(VerifiedCsr::parse(pem.as_bytes()), Err(CsrError::Key(KeyPolicyError::UnsupportedAlgorithm { .. }))));
-        assert!(matches!(VerifiedCsr::parse(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"), Err(CsrError::WrongLabel(_))));
-        assert!(matches!(VerifiedCsr::parse(b"\x30\x03\x02\x01\x00"), Err(CsrError::Der(_))));
+        assert!(matches!(
+            VerifiedCsr::parse(pem.as_bytes()),
+            Err(CsrError::Key(KeyPolicyError::UnsupportedAlgorithm { .. }))
+        ));
+        assert!(matches!(
+            VerifiedCsr::parse(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
+            Err(CsrError::WrongLabel(_))
+        ));
+        assert!(matches!(
+            VerifiedCsr::parse(b"\x30\x03\x02\x01\x00"),
+            Err(CsrError::Der(_))
+        ));
     }
 }

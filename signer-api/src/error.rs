@@ -65,7 +65,11 @@ impl SignerError {
     /// A new error of `kind`. The message must say which key and what was expected; it must never
     /// contain a PIN or key material.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        SignerError { kind, message: message.into(), source: None }
+        SignerError {
+            kind,
+            message: message.into(),
+            source: None,
+        }
     }
 
     /// Attaches the backend's own error as the cause.
@@ -104,7 +108,9 @@ impl fmt::Display for SignerError {
 
 impl std::error::Error for SignerError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 

@@ -38,7 +38,9 @@ pub enum KeyUriError {
     #[error("file: key URI has no path: expected file:/path/to/key.pem")]
     EmptyPath,
     /// `file://HOST/...` with a host other than localhost.
-    #[error("file: key URI names host {0:?}: only local files (file:/path or file:///path) are supported")]
+    #[error(
+        "file: key URI names host {0:?}: only local files (file:/path or file:///path) are supported"
+    )]
     RemoteFile(String),
     /// An attribute is not `name=value`.
     #[error("{scheme}: attribute {attr:?} is not of the form name=value")]
@@ -125,7 +127,9 @@ impl KeyUri {
         } else {
             // Show only what precedes a possible query, which is where a PIN could hide.
             let shown = s.split(['?', ';']).next().unwrap_or_default();
-            Err(KeyUriError::UnknownScheme { uri: shown.to_owned() })
+            Err(KeyUriError::UnknownScheme {
+                uri: shown.to_owned(),
+            })
         }
     }
 
@@ -157,7 +161,8 @@ impl KeyUri {
 
 fn strip_scheme<'a>(s: &'a str, scheme: &str) -> Option<&'a str> {
     let head = s.get(..scheme.len())?;
-    head.eq_ignore_ascii_case(scheme).then(|| &s[scheme.len()..])
+    head.eq_ignore_ascii_case(scheme)
+        .then(|| &s[scheme.len()..])
 }
 
 impl FromStr for KeyUri {
@@ -206,10 +211,16 @@ impl FileKeyUri {
         if path.is_empty() {
             return Err(KeyUriError::EmptyPath);
         }
-        let decoded = percent_decode_str(path)
-            .decode_utf8()
-            .map_err(|_| KeyUriError::BadEncoding { scheme: "file", name: "path".into() })?;
-        Ok(FileKeyUri { path: PathBuf::from(decoded.into_owned()) })
+        let decoded =
+            percent_decode_str(path)
+                .decode_utf8()
+                .map_err(|_| KeyUriError::BadEncoding {
+                    scheme: "file",
+                    name: "path".into(),
+                })?;
+        Ok(FileKeyUri {
+            path: PathBuf::from(decoded.into_owned()),
+        })
     }
 }
 
@@ -351,13 +362,21 @@ const PK11_PATH_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b',')
     .remove(b'=')
     .remove(b'&');
-const PK11_QUERY_ESCAPE: &AsciiSet = &PK11_PATH_ESCAPE.remove(b'/').remove(b'?').remove(b'|').remove(b';').add(b'&');
+const PK11_QUERY_ESCAPE: &AsciiSet = &PK11_PATH_ESCAPE
+    .remove(b'/')
+    .remove(b'?')
+    .remove(b'|')
+    .remove(b';')
+    .add(b'&');
 
 fn decode(scheme: &'static str, name: &str, value: &str) -> Result<String, KeyUriError> {
     percent_decode_str(value)
         .decode_utf8()
         .map(|v| v.into_owned())
-        .map_err(|_| KeyUriError::BadEncoding { scheme, name: name.to_owned() })
+        .map_err(|_| KeyUriError::BadEncoding {
+            scheme,
+            name: name.to_owned(),
+        })
 }
 
 fn decode_bytes(scheme: &'static str, name: &str, value: &str) -> Result<Vec<u8>, KeyUriError> {
@@ -366,9 +385,13 @@ fn decode_bytes(scheme: &'static str, name: &str, value: &str) -> Result<Vec<u8>
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let ok = b.len() > i + 2 && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit();
+            let ok =
+                b.len() > i + 2 && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit();
             if !ok {
-                return Err(KeyUriError::BadEncoding { scheme, name: name.to_owned() });
+                return Err(KeyUriError::BadEncoding {
+                    scheme,
+                    name: name.to_owned(),
+                });
             }
             i += 3;
         } else {
@@ -378,9 +401,17 @@ fn decode_bytes(scheme: &'static str, name: &str, value: &str) -> Result<Vec<u8>
     Ok(percent_decode_str(value).collect())
 }
 
-fn set_once<T>(slot: &mut Option<T>, value: T, scheme: &'static str, name: &str) -> Result<(), KeyUriError> {
+fn set_once<T>(
+    slot: &mut Option<T>,
+    value: T,
+    scheme: &'static str,
+    name: &str,
+) -> Result<(), KeyUriError> {
     if slot.is_some() {
-        return Err(KeyUriError::DuplicateAttribute { scheme, name: name.to_owned() });
+        return Err(KeyUriError::DuplicateAttribute {
+            scheme,
+            name: name.to_owned(),
+        });
     }
     *slot = Some(value);
     Ok(())
@@ -395,10 +426,12 @@ impl Pkcs11Uri {
         };
         let mut uri = Pkcs11Uri::default();
         for attr in path.split(';').filter(|a| !a.is_empty()) {
-            let (name, raw) = attr.split_once('=').ok_or_else(|| KeyUriError::MalformedAttribute {
-                scheme: S,
-                attr: attr.to_owned(),
-            })?;
+            let (name, raw) =
+                attr.split_once('=')
+                    .ok_or_else(|| KeyUriError::MalformedAttribute {
+                        scheme: S,
+                        attr: attr.to_owned(),
+                    })?;
             let text = || decode(S, name, raw);
             match name {
                 "token" => set_once(&mut uri.token, text()?, S, name)?,
@@ -412,7 +445,8 @@ impl Pkcs11Uri {
                         return Err(KeyUriError::InvalidValue {
                             scheme: S,
                             name: name.into(),
-                            reason: "must not be empty (percent-encoded bytes, e.g. id=%01%02)".into(),
+                            reason: "must not be empty (percent-encoded bytes, e.g. id=%01%02)"
+                                .into(),
                         });
                     }
                     set_once(&mut uri.id, id, S, name)?
@@ -447,12 +481,17 @@ impl Pkcs11Uri {
                 }
                 "slot-description" => set_once(&mut uri.slot_description, text()?, S, name)?,
                 "slot-manufacturer" => set_once(&mut uri.slot_manufacturer, text()?, S, name)?,
-                "library-manufacturer" => set_once(&mut uri.library_manufacturer, text()?, S, name)?,
+                "library-manufacturer" => {
+                    set_once(&mut uri.library_manufacturer, text()?, S, name)?
+                }
                 "library-description" => set_once(&mut uri.library_description, text()?, S, name)?,
                 "library-version" => set_once(&mut uri.library_version, text()?, S, name)?,
                 n if n.starts_with("x-") => {
                     if uri.vendor.insert(n.to_owned(), text()?).is_some() {
-                        return Err(KeyUriError::DuplicateAttribute { scheme: S, name: n.into() });
+                        return Err(KeyUriError::DuplicateAttribute {
+                            scheme: S,
+                            name: n.into(),
+                        });
                     }
                 }
                 other => {
@@ -467,24 +506,38 @@ impl Pkcs11Uri {
         }
         let mut pin_source: Option<PathBuf> = None;
         let mut pin_value: Option<SecretString> = None;
-        for attr in query.unwrap_or_default().split('&').filter(|a| !a.is_empty()) {
+        for attr in query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|a| !a.is_empty())
+        {
             let Some((name, raw)) = attr.split_once('=') else {
                 // Never echo a query attribute: it may be a PIN.
-                return Err(KeyUriError::MalformedAttribute { scheme: S, attr: "<query attribute>".into() });
+                return Err(KeyUriError::MalformedAttribute {
+                    scheme: S,
+                    attr: "<query attribute>".into(),
+                });
             };
             match name {
-                "module-path" => set_once(&mut uri.module_path, PathBuf::from(decode(S, name, raw)?), S, name)?,
+                "module-path" => set_once(
+                    &mut uri.module_path,
+                    PathBuf::from(decode(S, name, raw)?),
+                    S,
+                    name,
+                )?,
                 "module-name" => set_once(&mut uri.module_name, decode(S, name, raw)?, S, name)?,
                 "pin-source" => {
                     let v = decode(S, name, raw)?;
                     let path = match strip_scheme(&v, "file:") {
-                        Some(rest) => FileKeyUri::parse_rest(rest)
-                            .map_err(|e| KeyUriError::InvalidValue {
-                                scheme: S,
-                                name: name.into(),
-                                reason: e.to_string(),
-                            })?
-                            .path,
+                        Some(rest) => {
+                            FileKeyUri::parse_rest(rest)
+                                .map_err(|e| KeyUriError::InvalidValue {
+                                    scheme: S,
+                                    name: name.into(),
+                                    reason: e.to_string(),
+                                })?
+                                .path
+                        }
                         None if v.contains(':') && !v.starts_with('/') => {
                             return Err(KeyUriError::InvalidValue {
                                 scheme: S,
@@ -508,8 +561,15 @@ impl Pkcs11Uri {
                     set_once(&mut pin_value, SecretString::from(v), S, name)?
                 }
                 n if n.starts_with("x-") => {
-                    if uri.vendor.insert(n.to_owned(), decode(S, n, raw)?).is_some() {
-                        return Err(KeyUriError::DuplicateAttribute { scheme: S, name: n.into() });
+                    if uri
+                        .vendor
+                        .insert(n.to_owned(), decode(S, n, raw)?)
+                        .is_some()
+                    {
+                        return Err(KeyUriError::DuplicateAttribute {
+                            scheme: S,
+                            name: n.into(),
+                        });
                     }
                 }
                 other => {
@@ -559,7 +619,10 @@ impl fmt::Display for Pkcs11Uri {
             path.push(format!("slot-id={slot}"));
         }
         if let Some(id) = &self.id {
-            path.push(format!("id={}", id.iter().map(|b| format!("%{b:02x}")).collect::<String>()));
+            path.push(format!(
+                "id={}",
+                id.iter().map(|b| format!("%{b:02x}")).collect::<String>()
+            ));
         }
         if let Some(t) = self.object_type {
             path.push(format!("type={}", t.as_str()));
@@ -576,7 +639,9 @@ impl fmt::Display for Pkcs11Uri {
             query.push(format!("module-name={}", qenc(n)));
         }
         match &self.pin {
-            Some(PinSource::File(p)) => query.push(format!("pin-source={}", qenc(&p.to_string_lossy()))),
+            Some(PinSource::File(p)) => {
+                query.push(format!("pin-source={}", qenc(&p.to_string_lossy())))
+            }
             Some(PinSource::Value(_)) => query.push("pin-value=REDACTED".into()),
             None => {}
         }
@@ -606,7 +671,10 @@ impl KmsKeyId {
     /// The string the AWS API takes as `KeyId`.
     pub fn as_api_str(&self) -> &str {
         match self {
-            KmsKeyId::KeyId(s) | KmsKeyId::Alias(s) | KmsKeyId::KeyArn(s) | KmsKeyId::AliasArn(s) => s,
+            KmsKeyId::KeyId(s)
+            | KmsKeyId::Alias(s)
+            | KmsKeyId::KeyArn(s)
+            | KmsKeyId::AliasArn(s) => s,
         }
     }
 
@@ -620,7 +688,11 @@ impl KmsKeyId {
     }
 
     fn parse(s: &str) -> Result<(Self, Option<String>), KeyUriError> {
-        let invalid = |reason: String| KeyUriError::InvalidValue { scheme: "awskms", name: "key".into(), reason };
+        let invalid = |reason: String| KeyUriError::InvalidValue {
+            scheme: "awskms",
+            name: "key".into(),
+            reason,
+        };
         if s.is_empty() {
             return Err(KeyUriError::NoKmsKey);
         }
@@ -628,13 +700,19 @@ impl KmsKeyId {
             // arn:PARTITION:kms:REGION:ACCOUNT:RESOURCE
             let parts: Vec<&str> = rest.splitn(5, ':').collect();
             let [partition, service, region, account, resource] = parts[..] else {
-                return Err(invalid(format!("{s:?} is not an ARN of the form arn:aws:kms:REGION:ACCOUNT:key/ID")));
+                return Err(invalid(format!(
+                    "{s:?} is not an ARN of the form arn:aws:kms:REGION:ACCOUNT:key/ID"
+                )));
             };
             if !partition.starts_with("aws") || service != "kms" || region.is_empty() {
-                return Err(invalid(format!("{s:?} is not a KMS ARN (arn:aws:kms:REGION:ACCOUNT:...)")));
+                return Err(invalid(format!(
+                    "{s:?} is not a KMS ARN (arn:aws:kms:REGION:ACCOUNT:...)"
+                )));
             }
             if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(invalid(format!("{s:?}: account {account:?} is not a 12-digit AWS account ID")));
+                return Err(invalid(format!(
+                    "{s:?}: account {account:?} is not a 12-digit AWS account ID"
+                )));
             }
             let id = if let Some(k) = resource.strip_prefix("key/") {
                 check_key_id(k).map_err(invalid)?;
@@ -643,7 +721,9 @@ impl KmsKeyId {
                 check_alias(resource).map_err(invalid)?;
                 KmsKeyId::AliasArn(s.to_owned())
             } else {
-                return Err(invalid(format!("{s:?}: resource must be key/ID or alias/NAME")));
+                return Err(invalid(format!(
+                    "{s:?}: resource must be key/ID or alias/NAME"
+                )));
             };
             return Ok((id, Some(region.to_owned())));
         }
@@ -659,13 +739,22 @@ impl KmsKeyId {
 fn check_alias(alias: &str) -> Result<(), String> {
     let name = &alias["alias/".len()..];
     if name.is_empty() || name.len() > 250 {
-        return Err(format!("alias {alias:?} must have a name of 1 to 250 characters"));
+        return Err(format!(
+            "alias {alias:?} must have a name of 1 to 250 characters"
+        ));
     }
     if name.starts_with("aws/") {
-        return Err(format!("alias {alias:?} is reserved for AWS managed keys, which cannot sign"));
+        return Err(format!(
+            "alias {alias:?} is reserved for AWS managed keys, which cannot sign"
+        ));
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_-".contains(&b)) {
-        return Err(format!("alias {alias:?} may contain only letters, digits, '/', '_' and '-'"));
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/_-".contains(&b))
+    {
+        return Err(format!(
+            "alias {alias:?} may contain only letters, digits, '/', '_' and '-'"
+        ));
     }
     Ok(())
 }
@@ -677,7 +766,8 @@ fn check_key_id(id: &str) -> Result<(), String> {
             8 | 13 | 18 | 23 => b == b'-',
             _ => b.is_ascii_hexdigit(),
         });
-    let mrk_like = id.starts_with("mrk-") && body.len() == 32 && body.bytes().all(|b| b.is_ascii_hexdigit());
+    let mrk_like =
+        id.starts_with("mrk-") && body.len() == 32 && body.bytes().all(|b| b.is_ascii_hexdigit());
     if uuid_like || mrk_like {
         Ok(())
     } else {
@@ -720,17 +810,23 @@ impl AwsKmsUri {
             let (key, query) = path.split_once('?').unwrap_or((path, ""));
             key_text = decode(S, "key", key)?;
             for attr in query.split('&').filter(|a| !a.is_empty()) {
-                let (n, v) = attr
-                    .split_once('=')
-                    .ok_or_else(|| KeyUriError::MalformedAttribute { scheme: S, attr: attr.to_owned() })?;
+                let (n, v) =
+                    attr.split_once('=')
+                        .ok_or_else(|| KeyUriError::MalformedAttribute {
+                            scheme: S,
+                            attr: attr.to_owned(),
+                        })?;
                 attrs.push((n.to_owned(), decode(S, n, v)?));
             }
         } else {
             let mut key = None;
             for attr in rest.split(';').filter(|a| !a.is_empty()) {
-                let (n, v) = attr
-                    .split_once('=')
-                    .ok_or_else(|| KeyUriError::MalformedAttribute { scheme: S, attr: attr.to_owned() })?;
+                let (n, v) =
+                    attr.split_once('=')
+                        .ok_or_else(|| KeyUriError::MalformedAttribute {
+                            scheme: S,
+                            attr: attr.to_owned(),
+                        })?;
                 if n == "key-id" {
                     set_once(&mut key, decode(S, n, v)?, S, n)?;
                 } else {
@@ -745,17 +841,25 @@ impl AwsKmsUri {
         for (name, value) in attrs {
             match name.as_str() {
                 "region" => {
-                    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                    if value.is_empty()
+                        || !value
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    {
                         return Err(KeyUriError::InvalidValue {
                             scheme: S,
                             name,
-                            reason: format!("{value:?} is not an AWS region name such as eu-west-1"),
+                            reason: format!(
+                                "{value:?} is not an AWS region name such as eu-west-1"
+                            ),
                         });
                     }
                     set_once(&mut region, value, S, "region")?
                 }
                 "endpoint" => {
-                    if !(value.starts_with("http://") || value.starts_with("https://")) || value.len() < 9 {
+                    if !(value.starts_with("http://") || value.starts_with("https://"))
+                        || value.len() < 9
+                    {
                         return Err(KeyUriError::InvalidValue {
                             scheme: S,
                             name,
@@ -783,7 +887,11 @@ impl AwsKmsUri {
                 reason: format!("{given:?} contradicts the ARN's region {arn:?}"),
             });
         }
-        Ok(AwsKmsUri { key, region: region.or(arn_region), endpoint })
+        Ok(AwsKmsUri {
+            key,
+            region: region.or(arn_region),
+            endpoint,
+        })
     }
 }
 
@@ -816,17 +924,38 @@ mod tests {
 
     #[test]
     fn file_forms() {
-        for s in ["file:/secure/ca.key", "file:///secure/ca.key", "file://localhost/secure/ca.key", "FILE:/secure/ca.key"] {
-            assert_eq!(KeyUri::parse(s), Ok(KeyUri::File(FileKeyUri { path: "/secure/ca.key".into() })), "{s}");
+        for s in [
+            "file:/secure/ca.key",
+            "file:///secure/ca.key",
+            "file://localhost/secure/ca.key",
+            "FILE:/secure/ca.key",
+        ] {
+            assert_eq!(
+                KeyUri::parse(s),
+                Ok(KeyUri::File(FileKeyUri {
+                    path: "/secure/ca.key".into()
+                })),
+                "{s}"
+            );
         }
         assert_eq!(
             KeyUri::parse("file:///a%20b/k.pem"),
-            Ok(KeyUri::File(FileKeyUri { path: "/a b/k.pem".into() }))
+            Ok(KeyUri::File(FileKeyUri {
+                path: "/a b/k.pem".into()
+            }))
         );
         assert_eq!(KeyUri::parse("file:"), Err(KeyUriError::EmptyPath));
-        assert!(matches!(KeyUri::parse("file://evil/ca.key"), Err(KeyUriError::RemoteFile(h)) if h == "evil"));
-        let rel = KeyUri::parse("file:keys/ca.key").map(|k| k.resolve_relative(Path::new("/etc/kubesign")));
-        assert_eq!(rel, Ok(KeyUri::File(FileKeyUri { path: "/etc/kubesign/keys/ca.key".into() })));
+        assert!(
+            matches!(KeyUri::parse("file://evil/ca.key"), Err(KeyUriError::RemoteFile(h)) if h == "evil")
+        );
+        let rel = KeyUri::parse("file:keys/ca.key")
+            .map(|k| k.resolve_relative(Path::new("/etc/kubesign")));
+        assert_eq!(
+            rel,
+            Ok(KeyUri::File(FileKeyUri {
+                path: "/etc/kubesign/keys/ca.key".into()
+            }))
+        );
     }
 
     #[test]
@@ -845,13 +974,18 @@ mod tests {
         assert_eq!(u.token.as_deref(), Some("kubernetes"));
         assert_eq!(u.object.as_deref(), Some("kubernetes-ca"));
         assert_eq!(u.object_type, Some(Pkcs11ObjectType::Private));
-        assert_eq!(u.module_path.as_deref(), Some(Path::new("/usr/lib/softhsm/libsofthsm2.so")));
+        assert_eq!(
+            u.module_path.as_deref(),
+            Some(Path::new("/usr/lib/softhsm/libsofthsm2.so"))
+        );
         assert_eq!(u.pin, Some(PinSource::File("/etc/kubesign/pin".into())));
     }
 
     #[test]
     fn pkcs11_ids_serials_and_encoding() {
-        let u = p11("pkcs11:serial=DECC0401648;id=%01%ab%FF;slot-id=3;token=My%20Token?pin-source=/run/pin");
+        let u = p11(
+            "pkcs11:serial=DECC0401648;id=%01%ab%FF;slot-id=3;token=My%20Token?pin-source=/run/pin",
+        );
         assert_eq!(u.id.as_deref(), Some(&[0x01, 0xab, 0xff][..]));
         assert_eq!(u.slot_id, Some(3));
         assert_eq!(u.token.as_deref(), Some("My Token"));
@@ -874,16 +1008,48 @@ mod tests {
 
     #[test]
     fn pkcs11_errors() {
-        assert_eq!(KeyUri::parse("pkcs11:object=a;object=b"), Err(KeyUriError::DuplicateAttribute { scheme: "pkcs11", name: "object".into() }));
-        assert_eq!(KeyUri::parse("pkcs11:object=a?pin-source=/p&pin-value=1"), Err(KeyUriError::PinSourceAndValue));
-        assert_eq!(KeyUri::parse("pkcs11:token=t"), Err(KeyUriError::NoKeyIdentity));
-        assert!(matches!(KeyUri::parse("pkcs11:object=a;colour=red"), Err(KeyUriError::UnknownAttribute { part: "path", .. })));
-        assert!(matches!(KeyUri::parse("pkcs11:object=a?pin=1"), Err(KeyUriError::UnknownAttribute { part: "query", .. })));
-        assert!(matches!(KeyUri::parse("pkcs11:object=a;type=key"), Err(KeyUriError::InvalidValue { .. })));
-        assert!(matches!(KeyUri::parse("pkcs11:id=%zz"), Err(KeyUriError::BadEncoding { .. })));
-        assert!(matches!(KeyUri::parse("pkcs11:object=a;slot-id=x"), Err(KeyUriError::InvalidValue { .. })));
-        assert!(matches!(KeyUri::parse("pkcs11:object"), Err(KeyUriError::MalformedAttribute { .. })));
-        let e = KeyUri::parse("pkcs11:object=a?pin-value").unwrap_err().to_string();
+        assert_eq!(
+            KeyUri::parse("pkcs11:object=a;object=b"),
+            Err(KeyUriError::DuplicateAttribute {
+                scheme: "pkcs11",
+                name: "object".into()
+            })
+        );
+        assert_eq!(
+            KeyUri::parse("pkcs11:object=a?pin-source=/p&pin-value=1"),
+            Err(KeyUriError::PinSourceAndValue)
+        );
+        assert_eq!(
+            KeyUri::parse("pkcs11:token=t"),
+            Err(KeyUriError::NoKeyIdentity)
+        );
+        assert!(matches!(
+            KeyUri::parse("pkcs11:object=a;colour=red"),
+            Err(KeyUriError::UnknownAttribute { part: "path", .. })
+        ));
+        assert!(matches!(
+            KeyUri::parse("pkcs11:object=a?pin=1"),
+            Err(KeyUriError::UnknownAttribute { part: "query", .. })
+        ));
+        assert!(matches!(
+            KeyUri::parse("pkcs11:object=a;type=key"),
+            Err(KeyUriError::InvalidValue { .. })
+        ));
+        assert!(matches!(
+            KeyUri::parse("pkcs11:id=%zz"),
+            Err(KeyUriError::BadEncoding { .. })
+        ));
+        assert!(matches!(
+            KeyUri::parse("pkcs11:object=a;slot-id=x"),
+            Err(KeyUriError::InvalidValue { .. })
+        ));
+        assert!(matches!(
+            KeyUri::parse("pkcs11:object"),
+            Err(KeyUriError::MalformedAttribute { .. })
+        ));
+        let e = KeyUri::parse("pkcs11:object=a?pin-value")
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("pin-value"), "{e}");
         let u = p11("pkcs11:object=a;x-vendor=1");
         assert_eq!(u.vendor.get("x-vendor").map(String::as_str), Some("1"));
@@ -910,7 +1076,10 @@ mod tests {
         assert_eq!(a.key, KmsKeyId::Alias("alias/kubernetes-ca".into()));
         assert_eq!(a.key.alias(), Some("alias/kubernetes-ca"));
         let id = "1234abcd-12ab-34cd-56ef-1234567890ab";
-        assert_eq!(k(&format!("awskms:///{id}")).key, KmsKeyId::KeyId(id.into()));
+        assert_eq!(
+            k(&format!("awskms:///{id}")).key,
+            KmsKeyId::KeyId(id.into())
+        );
         let arn = format!("arn:aws:kms:eu-west-1:111122223333:key/{id}");
         let b = k(&format!("awskms:///{arn}"));
         assert_eq!(b.region.as_deref(), Some("eu-west-1"));
@@ -918,8 +1087,16 @@ mod tests {
         assert_eq!(c.endpoint.as_deref(), Some("http://127.0.0.1:4566"));
         let d = k("awskms:key-id=alias/ca;region=us-east-2");
         assert_eq!(d.region.as_deref(), Some("us-east-2"));
-        assert_eq!(k("awskms:///arn:aws:kms:us-east-1:111122223333:alias/x").key.alias(), Some("alias/x"));
-        assert_eq!(k("awskms:///mrk-1234abcd12ab34cd56ef1234567890ab").key, KmsKeyId::KeyId("mrk-1234abcd12ab34cd56ef1234567890ab".into()));
+        assert_eq!(
+            k("awskms:///arn:aws:kms:us-east-1:111122223333:alias/x")
+                .key
+                .alias(),
+            Some("alias/x")
+        );
+        assert_eq!(
+            k("awskms:///mrk-1234abcd12ab34cd56ef1234567890ab").key,
+            KmsKeyId::KeyId("mrk-1234abcd12ab34cd56ef1234567890ab".into())
+        );
         assert_eq!(KeyUri::parse(&c.to_string()).unwrap(), KeyUri::AwsKms(c));
     }
 

@@ -31,7 +31,10 @@ pub enum PemError {
 
 /// Whether `bytes` look like PEM (after leading whitespace).
 pub fn is_pem(bytes: &[u8]) -> bool {
-    let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(bytes.len());
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
     bytes[start..].starts_with(b"-----BEGIN ")
 }
 
@@ -44,19 +47,27 @@ pub fn decode_all(input: &[u8]) -> Result<Vec<PemBlock>, PemError> {
     let mut rest = input;
     while let Some(start) = find(rest, BEGIN) {
         let block_start = &rest[start..];
-        let label_end = find(&block_start[BEGIN.len()..], b"-----").ok_or_else(|| PemError::Malformed {
-            label: String::new(),
-            reason: "unterminated BEGIN line".into(),
-        })?;
-        let label = String::from_utf8_lossy(&block_start[BEGIN.len()..BEGIN.len() + label_end]).into_owned();
+        let label_end =
+            find(&block_start[BEGIN.len()..], b"-----").ok_or_else(|| PemError::Malformed {
+                label: String::new(),
+                reason: "unterminated BEGIN line".into(),
+            })?;
+        let label = String::from_utf8_lossy(&block_start[BEGIN.len()..BEGIN.len() + label_end])
+            .into_owned();
         let end_marker = [END, label.as_bytes(), b"-----"].concat();
         let end = find(block_start, &end_marker).ok_or_else(|| PemError::Malformed {
             label: label.clone(),
             reason: format!("no matching -----END {label}----- line"),
         })? + end_marker.len();
-        let (decoded_label, der) = pem_rfc7468::decode_vec(&block_start[..end])
-            .map_err(|e| PemError::Malformed { label: label.clone(), reason: e.to_string() })?;
-        blocks.push(PemBlock { label: decoded_label.to_owned(), der });
+        let (decoded_label, der) =
+            pem_rfc7468::decode_vec(&block_start[..end]).map_err(|e| PemError::Malformed {
+                label: label.clone(),
+                reason: e.to_string(),
+            })?;
+        blocks.push(PemBlock {
+            label: decoded_label.to_owned(),
+            der,
+        });
         rest = &block_start[end..];
     }
     if blocks.is_empty() {
@@ -71,8 +82,9 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// Encodes DER as a PEM block with LF line endings and 64-column lines, as Go's encoding/pem does.
 pub fn encode(label: &str, der: &[u8]) -> String {
-    pem_rfc7468::encode_string(label, LineEnding::LF, der)
-        .expect("invariant: PEM labels used by kubesign are valid and encoding to a String cannot fail")
+    pem_rfc7468::encode_string(label, LineEnding::LF, der).expect(
+        "invariant: PEM labels used by kubesign are valid and encoding to a String cannot fail",
+    )
 }
 
 #[cfg(test)]
@@ -93,7 +105,10 @@ mod tests {
     #[test]
     fn broken_input() {
         assert_eq!(decode_all(b"hello"), Err(PemError::NoBlock));
-        assert!(matches!(decode_all(b"-----BEGIN X-----\nAAAA\n"), Err(PemError::Malformed { .. })));
+        assert!(matches!(
+            decode_all(b"-----BEGIN X-----\nAAAA\n"),
+            Err(PemError::Malformed { .. })
+        ));
         assert!(matches!(
             decode_all(b"-----BEGIN X-----\n!!!!\n-----END X-----\n"),
             Err(PemError::Malformed { .. })

@@ -90,7 +90,17 @@ pub struct IssuancePolicy {
 
 impl IssuancePolicy {
     /// A policy with kubeadm's 5-minute backdate.
-    pub fn new(key_usage: KeyUsageSet, extended_key_usage: Vec<ObjectIdentifier>, validity: Duration) -> Self {
-        IssuancePolicy { key_usage, extended_key_usage, validity, backdate: BACKDATE, shorten_by_backdate: false }
+    pub fn new(
+        key_usage: KeyUsageSet,
+        extended_key_usage: Vec<ObjectIdentifier>,
+        validity: Duration,
+    ) -> Self {
+        IssuancePolicy {
+            key_usage,
+            extended_key_usage,
+            validity,
+            backdate: BACKDATE,
+            shorten_by_backdate: false,
+        }
     }
 }

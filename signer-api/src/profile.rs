@@ -338,25 +338,52 @@ impl CertProfile {
     }
 
     /// Checks a subject (common name and organizations) and its SANs against kubeadm's table.
-    pub fn check_identity(&self, cn: Option<&str>, orgs: &[String], san_count: usize) -> Result<(), String> {
-        let cn = cn.ok_or_else(|| format!("{}: the subject must have exactly one common name", self.name))?;
+    pub fn check_identity(
+        &self,
+        cn: Option<&str>,
+        orgs: &[String],
+        san_count: usize,
+    ) -> Result<(), String> {
+        let cn = cn.ok_or_else(|| {
+            format!(
+                "{}: the subject must have exactly one common name",
+                self.name
+            )
+        })?;
         match self.common_name {
             CommonName::Exact(want) if cn != want => {
-                return Err(format!("{}: subject CN is {cn:?}, kubeadm's {} profile has CN {want:?}", self.name, self.name));
+                return Err(format!(
+                    "{}: subject CN is {cn:?}, kubeadm's {} profile has CN {want:?}",
+                    self.name, self.name
+                ));
             }
             CommonName::Prefix(prefix) if !cn.starts_with(prefix) || cn.len() == prefix.len() => {
-                return Err(format!("{}: subject CN is {cn:?}, expected {prefix}<node name>", self.name));
+                return Err(format!(
+                    "{}: subject CN is {cn:?}, expected {prefix}<node name>",
+                    self.name
+                ));
             }
             CommonName::NodeName if cn.is_empty() => {
-                return Err(format!("{}: subject CN is empty, expected the node name", self.name));
+                return Err(format!(
+                    "{}: subject CN is empty, expected the node name",
+                    self.name
+                ));
             }
             _ => {}
         }
-        if !self.organizations.iter().any(|allowed| allowed.len() == orgs.len() && allowed.iter().zip(orgs).all(|(a, b)| a == b)) {
+        if !self.organizations.iter().any(|allowed| {
+            allowed.len() == orgs.len() && allowed.iter().zip(orgs).all(|(a, b)| a == b)
+        }) {
             let expected: Vec<String> = self
                 .organizations
                 .iter()
-                .map(|o| if o.is_empty() { "no O".to_owned() } else { format!("O={}", o.join("+")) })
+                .map(|o| {
+                    if o.is_empty() {
+                        "no O".to_owned()
+                    } else {
+                        format!("O={}", o.join("+"))
+                    }
+                })
                 .collect();
             return Err(format!(
                 "{}: subject O is {:?}, kubeadm's profile allows {}",
@@ -366,7 +393,10 @@ impl CertProfile {
             ));
         }
         if self.needs_sans && san_count == 0 {
-            return Err(format!("{}: a serving certificate needs subject alternative names, the request has none", self.name));
+            return Err(format!(
+                "{}: a serving certificate needs subject alternative names, the request has none",
+                self.name
+            ));
         }
         Ok(())
     }
@@ -381,7 +411,11 @@ impl CertProfile {
                 self.name
             ));
         }
-        if let Some(ext) = csr.requested_extensions().iter().find(|e| e.extn_id != oid::SUBJECT_ALT_NAME) {
+        if let Some(ext) = csr
+            .requested_extensions()
+            .iter()
+            .find(|e| e.extn_id != oid::SUBJECT_ALT_NAME)
+        {
             let name = const_oid::db::DB.by_oid(&ext.extn_id).unwrap_or("unknown");
             return Err(format!(
                 "{}: the request asks for extension {} ({name}); a kubeadm CSR carries only subjectAltName, \
@@ -389,7 +423,11 @@ impl CertProfile {
                 self.name, ext.extn_id
             ));
         }
-        self.check_identity(csr.common_name().as_deref(), &csr.organizations(), csr.sans().len())
+        self.check_identity(
+            csr.common_name().as_deref(),
+            &csr.organizations(),
+            csr.sans().len(),
+        )
     }
 }
 
@@ -405,23 +443,58 @@ mod tests {
             assert_eq!(by_name(p.name), Some(p));
         }
         assert_eq!(by_name("etcd/peer").map(|p| p.ca), Some(CaRole::Etcd));
-        assert_eq!(by_name("front-proxy-client").map(|p| p.ca), Some(CaRole::FrontProxy));
+        assert_eq!(
+            by_name("front-proxy-client").map(|p| p.ca),
+            Some(CaRole::FrontProxy)
+        );
         assert!(known_names(Location::Kubeconfig).contains("super-admin.conf"));
     }
 
     #[test]
     fn identity_rules() {
         let kubelet = by_name("kubelet.conf").unwrap();
-        assert!(kubelet.check_identity(Some("system:node:n1"), &["system:nodes".into()], 0).is_ok());
-        assert!(kubelet.check_identity(Some("system:node:"), &["system:nodes".into()], 0).is_err());
-        assert!(kubelet.check_identity(Some("system:node:n1"), &[], 0).is_err());
+        assert!(
+            kubelet
+                .check_identity(Some("system:node:n1"), &["system:nodes".into()], 0)
+                .is_ok()
+        );
+        assert!(
+            kubelet
+                .check_identity(Some("system:node:"), &["system:nodes".into()], 0)
+                .is_err()
+        );
+        assert!(
+            kubelet
+                .check_identity(Some("system:node:n1"), &[], 0)
+                .is_err()
+        );
         let admin = by_name("admin.conf").unwrap();
-        assert!(admin.check_identity(Some("kubernetes-admin"), &["kubeadm:cluster-admins".into()], 0).is_ok());
-        assert!(admin.check_identity(Some("kubernetes-admin"), &["system:masters".into()], 0).is_ok());
+        assert!(
+            admin
+                .check_identity(
+                    Some("kubernetes-admin"),
+                    &["kubeadm:cluster-admins".into()],
+                    0
+                )
+                .is_ok()
+        );
+        assert!(
+            admin
+                .check_identity(Some("kubernetes-admin"), &["system:masters".into()], 0)
+                .is_ok()
+        );
         let e = admin.check_identity(Some("root"), &[], 0).unwrap_err();
         assert!(e.contains("kubernetes-admin"), "{e}");
         let apiserver = by_name("apiserver").unwrap();
-        assert!(apiserver.check_identity(Some("kube-apiserver"), &[], 0).is_err());
-        assert!(apiserver.check_identity(Some("kube-apiserver"), &[], 3).is_ok());
+        assert!(
+            apiserver
+                .check_identity(Some("kube-apiserver"), &[], 0)
+                .is_err()
+        );
+        assert!(
+            apiserver
+                .check_identity(Some("kube-apiserver"), &[], 3)
+                .is_ok()
+        );
     }
 }

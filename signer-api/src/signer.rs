@@ -43,7 +43,11 @@ pub trait KeyGenerator: Send + Sync {
     /// Creates the key named by `key` with `algorithm`. Fails with
     /// [`ErrorKind::KeyPolicy`](crate::ErrorKind::KeyPolicy) when a key already exists there: a
     /// generator never replaces a key.
-    async fn generate(&self, key: &KeyUri, algorithm: KeyAlgorithm) -> Result<Arc<dyn Signer>, SignerError>;
+    async fn generate(
+        &self,
+        key: &KeyUri,
+        algorithm: KeyAlgorithm,
+    ) -> Result<Arc<dyn Signer>, SignerError>;
 }
 
 /// Private key material on its way into a backend: PKCS#8 `PrivateKeyInfo` DER, zeroized on drop.
@@ -68,5 +72,9 @@ impl fmt::Debug for PrivateKeyMaterial {
 pub trait KeyImporter: Send + Sync {
     /// Stores `material` under `key` (as non-extractable where the backend supports it) and
     /// returns a signer for it. Never replaces an existing key.
-    async fn import(&self, key: &KeyUri, material: PrivateKeyMaterial) -> Result<Arc<dyn Signer>, SignerError>;
+    async fn import(
+        &self,
+        key: &KeyUri,
+        material: PrivateKeyMaterial,
+    ) -> Result<Arc<dyn Signer>, SignerError>;
 }

@@ -12,7 +12,9 @@ use crate::algorithm::{KeyPolicyError, PublicKeyKind, oid};
 #[non_exhaustive]
 pub enum VerifyError {
     /// The signature algorithm is not one kubesign verifies.
-    #[error("signature algorithm {0} is not supported (expected RSA PKCS#1 v1.5 or ECDSA with SHA-256/384/512)")]
+    #[error(
+        "signature algorithm {0} is not supported (expected RSA PKCS#1 v1.5 or ECDSA with SHA-256/384/512)"
+    )]
     UnsupportedAlgorithm(ObjectIdentifier),
     /// The signature algorithm does not fit the key (e.g. an ECDSA signature with an RSA key).
     #[error("signature algorithm {alg} does not fit a {key} key")]
@@ -46,8 +48,12 @@ fn verification_algorithm(
         (oid::ECDSA_WITH_SHA384, PublicKeyKind::EcP384) => &sig::ECDSA_P384_SHA384_ASN1,
         (oid::ECDSA_WITH_SHA512, PublicKeyKind::EcP384) => &sig::ECDSA_P384_SHA512_ASN1,
         (
-            oid::SHA256_WITH_RSA | oid::SHA384_WITH_RSA | oid::SHA512_WITH_RSA | oid::ECDSA_WITH_SHA256
-            | oid::ECDSA_WITH_SHA384 | oid::ECDSA_WITH_SHA512,
+            oid::SHA256_WITH_RSA
+            | oid::SHA384_WITH_RSA
+            | oid::SHA512_WITH_RSA
+            | oid::ECDSA_WITH_SHA256
+            | oid::ECDSA_WITH_SHA384
+            | oid::ECDSA_WITH_SHA512,
             _,
         ) => return Err(mismatch()),
         (other, _) => return Err(VerifyError::UnsupportedAlgorithm(other)),
@@ -82,11 +88,19 @@ pub fn verify_certificate_signature(
         .tbs_certificate()
         .to_der()
         .map_err(|e| KeyPolicyError::Malformed(format!("re-encoding the certificate: {e}")))?;
-    let signature = certificate.signature().as_bytes().ok_or(VerifyError::BadSignature)?;
+    let signature = certificate
+        .signature()
+        .as_bytes()
+        .ok_or(VerifyError::BadSignature)?;
     if certificate.signature_algorithm() != certificate.tbs_certificate().signature() {
         return Err(VerifyError::BadSignature);
     }
-    verify_signature(issuer_spki, certificate.signature_algorithm(), &tbs, signature)
+    verify_signature(
+        issuer_spki,
+        certificate.signature_algorithm(),
+        &tbs,
+        signature,
+    )
 }
 
 /// The SubjectKeyIdentifier kubesign computes: SHA-1 of the subjectPublicKey bits (RFC 5280

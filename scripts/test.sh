@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The whole kubesign test suite, from a fresh machine: installs what it needs (apt packages,
+# real kubeadm built from the Go module proxy), then runs formatting, lints, docs, unit tests,
+# end-to-end tests against real kubeadm and openssl, short fuzz runs and a quick benchmark.
+# Builds are cached outside the repository ($KUBESIGN_CACHE, default ~/.cache/kubesign).
+#
+#   scripts/test.sh            # everything
+#   FUZZ_SECONDS=60 scripts/test.sh   # longer fuzz runs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export KUBESIGN_CACHE="${KUBESIGN_CACHE:-$HOME/.cache/kubesign}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$KUBESIGN_CACHE/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export FUZZ_SECONDS="${FUZZ_SECONDS:-10}"
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "test bed: system packages and kubeadm from the Go module proxy"
+eval "$(scripts/testbed.sh env)"
+export KUBEADM
+
+command -v cargo >/dev/null || { echo "cargo is required (rustup)" >&2; exit 1; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo doc (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
+step "build the kubesign binary"
+cargo build --locked -p cli --bin kubesign
+export KUBESIGN_BIN="$CARGO_TARGET_DIR/debug/kubesign"
+
+step "tests: unit, end-to-end with real kubeadm and openssl, fuzz ($FUZZ_SECONDS s per target)"
+cargo test --workspace --locked --no-fail-fast
+
+step "benchmark (quick run; ratios, not pass/fail)"
+cargo bench --locked -p integration --bench issuance -- --quick
