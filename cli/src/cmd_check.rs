@@ -356,13 +356,14 @@ pub fn run(opts: CheckOptions) -> Result<()> {
                     match Kubeconfig::load(conf) {
                         Ok(kc) => {
                             match (kc.certificate_authority_pem(), ca) {
-                                (Ok(Some(data)), Some(ca)) if ca.cert.is_some() => {
-                                    if data.trim_ascii() != ca.bytes.trim_ascii() {
-                                        problems.push(format!(
-                                            "certificate-authority-data differs from {}",
-                                            profile.ca.cert_file()
-                                        ));
-                                    }
+                                (Ok(Some(data)), Some(ca))
+                                    if ca.cert.is_some()
+                                        && data.trim_ascii() != ca.bytes.trim_ascii() =>
+                                {
+                                    problems.push(format!(
+                                        "certificate-authority-data differs from {}",
+                                        profile.ca.cert_file()
+                                    ));
                                 }
                                 (Ok(None), _) => {
                                     problems.push("certificate-authority-data is empty".into())

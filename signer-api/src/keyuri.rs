@@ -109,7 +109,7 @@ pub enum KeyUri {
     /// A PEM file on local disk.
     File(FileKeyUri),
     /// An object in a PKCS#11 token (RFC 7512).
-    Pkcs11(Pkcs11Uri),
+    Pkcs11(Box<Pkcs11Uri>),
     /// An AWS KMS asymmetric key.
     AwsKms(AwsKmsUri),
 }
@@ -121,7 +121,7 @@ impl KeyUri {
         if let Some(rest) = strip_scheme(s, "file:") {
             FileKeyUri::parse_rest(rest).map(KeyUri::File)
         } else if let Some(rest) = strip_scheme(s, "pkcs11:") {
-            Pkcs11Uri::parse_rest(rest).map(KeyUri::Pkcs11)
+            Pkcs11Uri::parse_rest(rest).map(|u| KeyUri::Pkcs11(Box::new(u)))
         } else if let Some(rest) = strip_scheme(s, "awskms:") {
             AwsKmsUri::parse_rest(rest).map(KeyUri::AwsKms)
         } else {
@@ -917,7 +917,7 @@ mod tests {
 
     fn p11(s: &str) -> Pkcs11Uri {
         match KeyUri::parse(s) {
-            Ok(KeyUri::Pkcs11(p)) => p,
+            Ok(KeyUri::Pkcs11(p)) => *p,
             other => panic!("{s}: {other:?}"),
         }
     }

@@ -1,6 +1,8 @@
 //! The issuance engine against an in-test signer: the policy lands in every certificate, nothing
 //! is released unverified or unrecorded, and the CA/key binding is enforced.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed setup step should panic
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
