@@ -1,7 +1,7 @@
 //! The file backend: CA private keys in PEM files on local disk, as kubeadm keeps them.
 //!
 //! Reads PKCS#8 (`PRIVATE KEY`), SEC1 (`EC PRIVATE KEY`) and PKCS#1 (`RSA PRIVATE KEY`) keys:
-//! RSA 2048 to 8192 bits, ECDSA P-256 and P-384. Key bytes read from disk are zeroized when
+//! RSA-2048, RSA-3072 and RSA-4096 (kubeadm's sizes), ECDSA P-256 and P-384. Key bytes read from disk are zeroized when
 //! dropped; the parsed key lives in aws-lc, which clears it on free. Generation (`ca init`) writes
 //! a new PKCS#8 key with mode 0600 and never replaces an existing file.
 //!

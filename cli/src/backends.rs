@@ -7,6 +7,16 @@ use backend_file::{FileKeyGenerator, FileSigner};
 use signer_api::keyuri::KeyUri;
 use signer_api::{KeyGenerator, Signer, SignerError};
 
+/// Fails when the backend for `key` is not compiled into this binary.
+pub fn check_compiled_in(key: &KeyUri) -> Result<(), SignerError> {
+    match key {
+        KeyUri::File(_) => Ok(()),
+        KeyUri::Pkcs11(_) => Err(SignerError::backend_not_compiled("pkcs11", "pkcs11")),
+        KeyUri::AwsKms(_) => Err(SignerError::backend_not_compiled("awskms", "kms")),
+        _ => Err(SignerError::backend_not_compiled(key.scheme(), key.scheme())),
+    }
+}
+
 /// Opens the signer for an existing key.
 pub async fn open_signer(key: &KeyUri) -> Result<Arc<dyn Signer>, SignerError> {
     match key {

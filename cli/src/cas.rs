@@ -41,6 +41,9 @@ impl LoadedCas {
             let authority =
                 CertificateAuthority::new(role, &cert, Arc::clone(&signer), ca.key.to_string())
                     .with_context(|| format!("{}", ca.certificate.display()))?;
+            authority
+                .check_usable(std::time::SystemTime::now())
+                .with_context(|| format!("{}", ca.certificate.display()))?;
             tracing::debug!(ca = %role, key = %signer.describe(), "CA loaded");
             cas.insert(role, (authority, cert));
         }

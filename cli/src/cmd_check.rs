@@ -229,6 +229,14 @@ fn key_matches(cert: &Certificate, key_path: &Path, key_pem: &[u8]) -> Option<St
 /// Runs `kubesign check`.
 pub fn run(opts: CheckOptions) -> Result<()> {
     let now = SystemTime::now();
+    if !opts.cert_dir.is_dir() {
+        anyhow::bail!("{}: is not a directory (expected kubeadm's certificate directory)", opts.cert_dir.display());
+    }
+    if let Some(k) = &opts.kubeconfig_dir
+        && !k.is_dir()
+    {
+        anyhow::bail!("{}: is not a directory (expected kubeadm's kubeconfig directory)", k.display());
+    }
     let config = opts.config.as_deref().map(Config::load).transpose()?;
     let mut report = Report {
         certificates: Vec::new(),
@@ -488,7 +496,7 @@ pub fn run(opts: CheckOptions) -> Result<()> {
                 &rows,
                 &(),
             )?;
-            println!();
+            output::write_stdout(b"\n")?;
             let rows: Vec<Vec<String>> = report
                 .certificate_authorities
                 .iter()

@@ -98,8 +98,13 @@ fn prepare(item: Item, force: bool) -> Result<Prepared> {
                     crt.display()
                 );
             }
-            let key_pem = zeroize::Zeroizing::new(crate::fsutil::read_regular(key)?);
-            key_matches(&key_pem, key)?;
+            if key.exists() {
+                let key_pem = zeroize::Zeroizing::new(crate::fsutil::read_regular(key)?);
+                key_matches(&key_pem, key)?;
+            } else {
+                // Offline signing: only the CSRs travelled to the signing host.
+                tracing::info!(csr = %csr_path.display(), "no private key beside the CSR; skipping the key match check");
+            }
             None
         }
         Target::Kubeconfig { conf } => {

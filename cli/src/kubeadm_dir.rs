@@ -115,10 +115,6 @@ pub fn scan_csrs(cert_dir: &Path, kubeconfig_dir: Option<&Path>) -> Result<Vec<I
                         continue;
                     }
                     let key = dir.join(format!("{stem}.key"));
-                    if !key.exists() {
-                        problems.push(format!("{}: its private key {} is missing", path.display(), key.display()));
-                        continue;
-                    }
                     items.push(Item {
                         profile: p,
                         target: Target::CertFile { crt: dir.join(format!("{stem}.crt")), key },

@@ -209,6 +209,7 @@ fn init_logging(level: &str, format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.with_target(false).init(),
@@ -249,30 +250,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output: a.output,
         }),
         Command::Config(ConfigCommand::Example) => {
-            print!("{}", config::EXAMPLE);
-            Ok(())
+            kubesign_cli::output::write_stdout(config::EXAMPLE.as_bytes())
         }
         Command::Config(ConfigCommand::Validate { config }) => {
             let c = config::Config::load(&config.config)?;
+            let mut text = String::new();
             for ca in &c.cas {
-                println!(
-                    "{}: key {} certificate {}",
-                    ca.role,
-                    ca.key,
-                    ca.certificate.display()
-                );
+                kubesign_cli::backends::check_compiled_in(&ca.key)
+                    .map_err(|e| anyhow::anyhow!("{}: cas.{}.key: {e}", c.path.display(), ca.role))?;
+                text.push_str(&format!("{}: key {} certificate {}\n", ca.role, ca.key, ca.certificate.display()));
             }
-            println!("audit log: {}", c.audit_path.display());
-            Ok(())
+            text.push_str(&format!("audit log: {}\n", c.audit_path.display()));
+            kubesign_cli::output::write_stdout(text.as_bytes())
         }
         Command::Completion { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "kubesign",
-                &mut std::io::stdout(),
-            );
-            Ok(())
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "kubesign", &mut script);
+            kubesign_cli::output::write_stdout(&script)
         }
     }
 }

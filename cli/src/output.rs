@@ -15,6 +15,16 @@ pub enum Format {
     Json,
 }
 
+/// Writes `bytes` to standard output. A closed pipe (`kubesign ... | head`) is not an error.
+pub fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
 /// Prints `rows` as a table with `headers`, or as JSON (`json` is the document to print).
 pub fn print<T: Serialize>(
     format: Format,
@@ -22,8 +32,7 @@ pub fn print<T: Serialize>(
     rows: &[Vec<String>],
     json: &T,
 ) -> anyhow::Result<()> {
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    let mut out = Vec::new();
     match format {
         Format::Json => {
             serde_json::to_writer_pretty(&mut out, json)?;
@@ -38,5 +47,5 @@ pub fn print<T: Serialize>(
             tw.flush()?;
         }
     }
-    Ok(())
+    write_stdout(&out)
 }

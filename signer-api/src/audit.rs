@@ -132,17 +132,22 @@ impl AuditRecord {
 #[error("{message}")]
 pub struct AuditError {
     message: String,
-    #[source]
-    source: Option<std::io::Error>,
+    /// The I/O error; its text is already part of `message`.
+    io: Option<std::io::Error>,
 }
 
 impl AuditError {
     /// A new error; `message` should name the log.
-    pub fn new(message: impl Into<String>, source: Option<std::io::Error>) -> Self {
+    pub fn new(message: impl Into<String>, io: Option<std::io::Error>) -> Self {
         AuditError {
             message: message.into(),
-            source,
+            io,
         }
+    }
+
+    /// The underlying I/O error, if any.
+    pub fn io_error(&self) -> Option<&std::io::Error> {
+        self.io.as_ref()
     }
 }
 

@@ -109,7 +109,7 @@ pub enum CaError {
         reason: String,
     },
     /// The key does not belong to the certificate, or cannot sign with it.
-    #[error("{ca} CA: {source}")]
+    #[error("{ca} CA")]
     Key {
         /// The CA.
         ca: CaRole,
@@ -250,6 +250,18 @@ impl CertificateAuthority {
         self.not_after
     }
 
+    /// Whether the CA can issue at `now`: its certificate is within its validity period.
+    pub fn check_usable(&self, now: SystemTime) -> Result<(), IssueError> {
+        let reason = if now >= self.not_after {
+            format!("the CA certificate expired at {}", rfc3339(self.not_after))
+        } else if now < not_before(&self.certificate) {
+            format!("the CA certificate is not valid before {}", rfc3339(not_before(&self.certificate)))
+        } else {
+            return Ok(());
+        };
+        Err(IssueError::CaUnusable { ca: self.role, reason })
+    }
+
     /// Issues a certificate for `subject` under `policy`: builds the TBSCertificate, has the
     /// backend sign it, verifies the signature with the CA certificate's public key, records it in
     /// `audit`, and only then returns it.
@@ -262,12 +274,7 @@ impl CertificateAuthority {
         context: RequestContext,
     ) -> Result<IssuedCertificate, IssueError> {
         PublicKeyKind::from_spki(&subject.public_key)?;
-        if now >= self.not_after {
-            return Err(IssueError::CaUnusable {
-                ca: self.role,
-                reason: "the CA certificate has expired".into(),
-            });
-        }
+        self.check_usable(now)?;
         let not_before = now.checked_sub(policy.backdate).unwrap_or(now);
         let mut not_after = now + policy.validity;
         if policy.shorten_by_backdate {

@@ -22,7 +22,7 @@ use crate::verify::{VerifyError, verify_signature};
 pub enum CsrError {
     /// The PEM wrapping is broken.
     #[error("not a valid PEM certificate request: {0}")]
-    Pem(#[from] PemError),
+    Pem(PemError),
     /// The PEM holds something other than a certificate request.
     #[error("PEM block is {0:?}, expected \"CERTIFICATE REQUEST\"")]
     WrongLabel(String),
@@ -37,7 +37,7 @@ pub enum CsrError {
     Version,
     /// The public key fails the key policy.
     #[error("{0}")]
-    Key(#[from] KeyPolicyError),
+    Key(KeyPolicyError),
     /// The self-signature does not verify: the requester does not hold the private key, or the
     /// request was altered.
     #[error(
@@ -47,6 +47,18 @@ pub enum CsrError {
     /// The extensionRequest attribute is malformed or repeated.
     #[error("malformed extensionRequest attribute: {0}")]
     ExtensionRequest(String),
+}
+
+impl From<PemError> for CsrError {
+    fn from(e: PemError) -> Self {
+        CsrError::Pem(e)
+    }
+}
+
+impl From<KeyPolicyError> for CsrError {
+    fn from(e: KeyPolicyError) -> Self {
+        CsrError::Key(e)
+    }
 }
 
 /// A CSR whose proof of possession has been verified.

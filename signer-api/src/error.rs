@@ -123,7 +123,7 @@ pub enum IssueError {
     Csr(#[from] CsrError),
     /// The subject's public key is not acceptable.
     #[error("subject public key: {0}")]
-    SubjectKey(#[from] KeyPolicyError),
+    SubjectKey(KeyPolicyError),
     /// The request does not fit the certificate profile it was submitted for.
     #[error("{0}")]
     Profile(String),
@@ -136,7 +136,7 @@ pub enum IssueError {
         reason: String,
     },
     /// The backend failed to sign.
-    #[error("{ca} CA: signing failed: {source}")]
+    #[error("{ca} CA: signing failed")]
     Signing {
         /// The CA.
         ca: CaRole,
@@ -157,7 +157,7 @@ pub enum IssueError {
     },
     /// The audit record could not be written; the certificate was discarded.
     #[error("audit log: {0}; the certificate was discarded")]
-    Audit(#[from] crate::audit::AuditError),
+    Audit(crate::audit::AuditError),
     /// Certificate encoding failed.
     #[error("encoding the certificate: {0}")]
     Encoding(String),
@@ -167,6 +167,18 @@ impl IssueError {
     /// Whether repeating the issuance may succeed (a transient backend failure).
     pub fn is_retryable(&self) -> bool {
         matches!(self, IssueError::Signing { source, .. } if source.is_retryable())
+    }
+}
+
+impl From<KeyPolicyError> for IssueError {
+    fn from(e: KeyPolicyError) -> Self {
+        IssueError::SubjectKey(e)
+    }
+}
+
+impl From<crate::audit::AuditError> for IssueError {
+    fn from(e: crate::audit::AuditError) -> Self {
+        IssueError::Audit(e)
     }
 }
 
