@@ -31,6 +31,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
+step "cargo deny: licences, bans, sources (advisories need the network)"
+command -v cargo-deny >/dev/null || cargo install --locked --quiet cargo-deny
+cargo deny --locked check licenses bans sources
+
 step "build the kubesign binary"
 cargo build --locked -p cli --bin kubesign
 export KUBESIGN_BIN="$CARGO_TARGET_DIR/debug/kubesign"
