@@ -29,6 +29,7 @@ impl LoadedCas {
                     role.config_name()
                 )
             })?;
+            crate::backends::check_compiled_in(&ca.key).with_context(|| format!("cas.{role}.key {}", ca.key))?;
             let cert = crate::fsutil::read_regular(&ca.certificate).with_context(|| {
                 format!(
                     "cas.{role}.certificate (run `kubesign ca init --config {}` to create the CAs)",

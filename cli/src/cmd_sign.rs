@@ -133,12 +133,12 @@ fn same_pem(a: &[u8], b: &[u8]) -> bool {
 /// Runs `kubesign sign`.
 pub async fn run(opts: SignOptions) -> Result<()> {
     let config = Config::load(&opts.config)?;
-    let items = kubeadm_dir::scan_csrs(&opts.cert_dir, opts.kubeconfig_dir.as_deref())?;
+    let scan = kubeadm_dir::scan_csrs(&opts.cert_dir, opts.kubeconfig_dir.as_deref())?;
 
     // Validate everything first and report every problem at once.
     let mut prepared = Vec::new();
-    let mut problems = Vec::new();
-    for item in items {
+    let mut problems = scan.problems;
+    for item in scan.items {
         match prepare(item, opts.force) {
             Ok(p) => prepared.push(p),
             Err(e) => problems.push(format!("{e:#}")),

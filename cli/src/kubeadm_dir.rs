@@ -84,9 +84,18 @@ fn csr_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Finds every CSR `kubeadm certs generate-csr` wrote. Reports every problem at once: unknown
-/// file names (with the names kubesign knows), symlinks, CSRs without their key or kubeconfig.
-pub fn scan_csrs(cert_dir: &Path, kubeconfig_dir: Option<&Path>) -> Result<Vec<Item>> {
+/// What a scan found: the CSRs kubesign knows, and the problems with the rest.
+pub struct Scan {
+    /// CSRs with a known kubeadm name.
+    pub items: Vec<Item>,
+    /// Unknown file names (with the names kubesign knows), symlinks, kubeconfig CSRs without
+    /// their kubeconfig: reported together with the problems of the CSRs themselves.
+    pub problems: Vec<String>,
+}
+
+/// Finds every CSR `kubeadm certs generate-csr` wrote. Fails only when a directory cannot be
+/// read or holds no CSR at all; everything else is collected in [`Scan::problems`].
+pub fn scan_csrs(cert_dir: &Path, kubeconfig_dir: Option<&Path>) -> Result<Scan> {
     if !cert_dir.is_dir() {
         bail!(
             "{}: is not a directory (expected the --cert-dir that kubeadm certs generate-csr wrote)",
@@ -172,14 +181,11 @@ pub fn scan_csrs(cert_dir: &Path, kubeconfig_dir: Option<&Path>) -> Result<Vec<I
             }
         }
     }
-    if !problems.is_empty() {
-        bail!(problems.join("\n"));
-    }
-    if items.is_empty() {
+    if items.is_empty() && problems.is_empty() {
         bail!(
             "{}: no certificate signing requests found (expected the output of `kubeadm certs generate-csr`)",
             cert_dir.display()
         );
     }
-    Ok(items)
+    Ok(Scan { items, problems })
 }

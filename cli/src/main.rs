@@ -19,7 +19,7 @@ Exit codes:
 
 Typical workflow (kubeadm external CA mode):
   kubeadm certs generate-csr --config kubeadm.yaml --cert-dir pki --kubeconfig-dir kubeconfig
-  kubesign ca init --config kubesign.yaml          # once: CA keys in the backend, CA certificates on disk
+  kubesign ca init --config kubesign.yaml   # once: CA keys and CA certificates
   kubesign sign --config kubesign.yaml --cert-dir pki --kubeconfig-dir kubeconfig
   kubesign check --cert-dir pki --kubeconfig-dir kubeconfig
 
@@ -80,10 +80,12 @@ their file name: usages, CA and validity never come from the CSR.")]
     #[command(after_help = "\
 Examples:
   # Renew everything found under the directories
-  kubesign renew --config kubesign.yaml --cert-dir /etc/kubernetes/pki --kubeconfig-dir /etc/kubernetes
+  kubesign renew --config kubesign.yaml \\
+      --cert-dir /etc/kubernetes/pki --kubeconfig-dir /etc/kubernetes
 
   # Renew only the API server certificate and admin.conf
-  kubesign renew --config kubesign.yaml --cert-dir pki --kubeconfig-dir kubeconfig apiserver admin.conf")]
+  kubesign renew --config kubesign.yaml --cert-dir pki --kubeconfig-dir kubeconfig \\
+      apiserver admin.conf")]
     Renew(RenewArgs),
 
     /// Check every certificate against kubeadm's table and report expiry.
@@ -134,8 +136,19 @@ kubeadm writes: CN kubernetes / etcd-ca / front-proxy-ca, CA:TRUE, 10 years by d
 #[derive(Subcommand, Debug)]
 enum ConfigCommand {
     /// Print an example configuration.
+    #[command(after_help = "\
+Examples:
+  kubesign config example > /etc/kubesign/config.yaml
+  kubesign config example | less")]
     Example,
     /// Load and validate a configuration file.
+    #[command(after_help = "\
+Examples:
+  kubesign config validate --config /etc/kubesign/config.yaml
+  kubesign config validate -c kubesign.yaml    # or set KUBESIGN_CONFIG
+
+Checks apiVersion and kind, every field, every key URI, and that each key's backend is compiled
+into this binary. It does not open keys or read certificates.")]
     Validate {
         #[command(flatten)]
         config: ConfigArg,
