@@ -35,6 +35,9 @@ step "cargo deny: licences, bans, sources (advisories need the network)"
 command -v cargo-deny >/dev/null || cargo install --locked --quiet cargo-deny
 cargo deny --locked check licenses bans sources
 
+step "a build without the optional backends still works and names the missing features"
+cargo test --locked -p cli --no-default-features
+
 step "build the kubesign binary"
 cargo build --locked -p cli --bin kubesign
 export KUBESIGN_BIN="$CARGO_TARGET_DIR/debug/kubesign"

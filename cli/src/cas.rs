@@ -17,6 +17,7 @@ pub struct LoadedCas {
 impl LoadedCas {
     /// Loads `roles` from the configuration.
     pub async fn load(config: &Config, roles: impl IntoIterator<Item = CaRole>) -> Result<Self> {
+        let backends = crate::backends::Backends::new(&config.backends);
         let mut cas = BTreeMap::new();
         for role in roles {
             if cas.contains_key(&role) {
@@ -29,14 +30,16 @@ impl LoadedCas {
                     role.config_name()
                 )
             })?;
-            crate::backends::check_compiled_in(&ca.key).with_context(|| format!("cas.{role}.key {}", ca.key))?;
+            crate::backends::check_compiled_in(&ca.key)
+                .with_context(|| format!("cas.{role}.key {}", ca.key))?;
             let cert = crate::fsutil::read_regular(&ca.certificate).with_context(|| {
                 format!(
                     "cas.{role}.certificate (run `kubesign ca init --config {}` to create the CAs)",
                     config.path.display()
                 )
             })?;
-            let signer = crate::backends::open_signer(&ca.key)
+            let signer = backends
+                .open_signer(&ca.key)
                 .await
                 .with_context(|| format!("cas.{role}.key {}", ca.key))?;
             let authority =

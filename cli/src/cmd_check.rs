@@ -230,12 +230,18 @@ fn key_matches(cert: &Certificate, key_path: &Path, key_pem: &[u8]) -> Option<St
 pub fn run(opts: CheckOptions) -> Result<()> {
     let now = SystemTime::now();
     if !opts.cert_dir.is_dir() {
-        anyhow::bail!("{}: is not a directory (expected kubeadm's certificate directory)", opts.cert_dir.display());
+        anyhow::bail!(
+            "{}: is not a directory (expected kubeadm's certificate directory)",
+            opts.cert_dir.display()
+        );
     }
     if let Some(k) = &opts.kubeconfig_dir
         && !k.is_dir()
     {
-        anyhow::bail!("{}: is not a directory (expected kubeadm's kubeconfig directory)", k.display());
+        anyhow::bail!(
+            "{}: is not a directory (expected kubeadm's kubeconfig directory)",
+            k.display()
+        );
     }
     let config = opts.config.as_deref().map(Config::load).transpose()?;
     let mut report = Report {

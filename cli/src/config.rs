@@ -14,6 +14,18 @@
 //!   path: /var/log/kubesign/audit.jsonl
 //! certificateValidityPeriod: 8760h      # leaf certificates (kubeadm's default)
 //! caCertificateValidityPeriod: 87600h   # CA certificates made by `ca init`
+//! backends:                             # optional tuning of the key backends
+//!   pkcs11:
+//!     modulePath: /usr/lib/softhsm/libsofthsm2.so   # used when a pkcs11: URI has no module-path
+//!     pinEnv: KUBESIGN_PKCS11_PIN       # PIN from this environment variable (else pin-source)
+//!     sessions: 4                       # logged-in sessions per token
+//!     extractableKeys: Refuse           # Refuse | Warn | Allow
+//!     importedKeys: Warn                # Refuse | Warn | Allow
+//!   awskms:
+//!     messageType: DIGEST               # DIGEST (hash locally) | RAW
+//!     maxConcurrency: 16                # Sign requests in flight
+//!     rateLimit: 300                    # Sign requests per second; default: AWS's quota per key type; 0: none
+//!     maxAttempts: 5                    # attempts per Sign on throttling and transient errors
 //! ```
 //! Relative paths are resolved against the directory of the configuration file.
 
@@ -42,6 +54,72 @@ struct RawConfig {
     audit: Option<RawAudit>,
     certificate_validity_period: Option<String>,
     ca_certificate_validity_period: Option<String>,
+    #[serde(default)]
+    backends: BackendSettings,
+}
+
+/// Tuning of the key backends (`backends:`). Every field is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSettings {
+    /// `backends.pkcs11`.
+    #[serde(default)]
+    pub pkcs11: Pkcs11Settings,
+    /// `backends.awskms`.
+    #[serde(default)]
+    pub awskms: KmsSettings,
+}
+
+/// What to do with a key whose attributes fall short of the ideal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum KeyPolicySetting {
+    /// Refuse to use the key.
+    Refuse,
+    /// Use the key and log a warning.
+    Warn,
+    /// Use the key silently.
+    Allow,
+}
+
+/// `backends.pkcs11`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Pkcs11Settings {
+    /// The PKCS#11 module for URIs without module-path/module-name.
+    pub module_path: Option<PathBuf>,
+    /// An environment variable holding the user PIN, for URIs without pin-source/pin-value.
+    pub pin_env: Option<String>,
+    /// Logged-in sessions per token.
+    pub sessions: Option<usize>,
+    /// Keys with CKA_EXTRACTABLE true (default Refuse).
+    pub extractable_keys: Option<KeyPolicySetting>,
+    /// Keys imported rather than generated in the token (default Warn).
+    pub imported_keys: Option<KeyPolicySetting>,
+}
+
+/// The KMS message type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum MessageTypeSetting {
+    /// Hash locally, send the digest (no 4 KiB limit).
+    #[serde(rename = "DIGEST")]
+    Digest,
+    /// Send the TBSCertificate itself (at most 4096 bytes).
+    #[serde(rename = "RAW")]
+    Raw,
+}
+
+/// `backends.awskms`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KmsSettings {
+    /// DIGEST (default) or RAW.
+    pub message_type: Option<MessageTypeSetting>,
+    /// Sign requests in flight at once.
+    pub max_concurrency: Option<usize>,
+    /// Sign requests per second (0 = no client-side limit); default AWS's quota per key type.
+    pub rate_limit: Option<f64>,
+    /// Attempts per Sign on throttling and transient errors.
+    pub max_attempts: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,6 +171,8 @@ pub struct Config {
     pub leaf_validity: Duration,
     /// CA validity for `ca init`.
     pub ca_validity: Duration,
+    /// Backend tuning.
+    pub backends: BackendSettings,
 }
 
 impl Config {
@@ -153,6 +233,30 @@ impl Config {
                 key_algorithm: ca.key_algorithm.unwrap_or_default(),
             });
         }
+        if let Some(0) = raw.backends.pkcs11.sessions {
+            return Err(here("backends.pkcs11.sessions must be at least 1".into()));
+        }
+        if let Some(0) = raw.backends.awskms.max_concurrency {
+            return Err(here(
+                "backends.awskms.maxConcurrency must be at least 1".into(),
+            ));
+        }
+        if let Some(0) = raw.backends.awskms.max_attempts {
+            return Err(here(
+                "backends.awskms.maxAttempts must be at least 1".into(),
+            ));
+        }
+        if let Some(r) = raw.backends.awskms.rate_limit
+            && !(r.is_finite() && r >= 0.0)
+        {
+            return Err(here(format!(
+                "backends.awskms.rateLimit is {r}: expected requests per second, 0 for no limit"
+            )));
+        }
+        let mut backends = raw.backends;
+        if let Some(m) = backends.pkcs11.module_path.take() {
+            backends.pkcs11.module_path = Some(resolve(m));
+        }
         if cas.is_empty() {
             return Err(here(
                 "cas: no CA configured; expected at least one of kubernetes, etcd, front-proxy"
@@ -207,6 +311,7 @@ impl Config {
                 raw.ca_certificate_validity_period,
                 DEFAULT_CA_VALIDITY,
             )?,
+            backends,
         })
     }
 

@@ -99,6 +99,10 @@ matches, kubeconfig certificate-authority-data equal to ca.crt, validity. Exits 
 missing files are reported but are not problems (kubeadm omits some on non-first nodes).")]
     Check(CheckArgs),
 
+    /// Inspect the CA keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -121,10 +125,60 @@ enum CaCommand {
 Examples:
   kubesign ca init --config /etc/kubesign/config.yaml
 
-Creates what is missing and never replaces anything: an existing key without a certificate gets
-a certificate; an existing certificate without its key is an error. CA certificates are the ones
-kubeadm writes: CN kubernetes / etcd-ca / front-proxy-ca, CA:TRUE, 10 years by default.")]
+  # Use keys a key ceremony already created in the HSM
+  kubesign ca init --config /etc/kubesign/config.yaml --adopt
+
+Creates what is missing and never replaces anything: a missing key is generated inside its
+backend (non-extractable in an HSM or KMS); an existing certificate without its key is an error;
+an existing HSM/KMS key is used only with --adopt. CA certificates are the ones kubeadm writes:
+CN kubernetes / etcd-ca / front-proxy-ca, CA:TRUE, 10 years by default.")]
     Init {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Use a key that already exists in the HSM or KMS instead of refusing.
+        #[arg(long)]
+        adopt: bool,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+
+    /// Move existing CA keys (a kubeadm pki directory) into the configured HSM or KMS.
+    #[command(after_help = "\
+Examples:
+  # Import, prove, then remove ca.key, etcd/ca.key and front-proxy-ca.key
+  kubesign ca import --config /etc/kubesign/config.yaml \\
+      --from /etc/kubernetes/pki --remove-source
+
+Each key is imported as sensitive and non-extractable where the backend allows, must match its
+CA certificate, and must produce a signature that verifies with that certificate before the
+source file is touched. Only with --remove-source is the file overwritten and removed, which
+leaves the directory in kubeadm's external CA mode. CAs configured with file: keys are skipped.")]
+    Import {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The kubeadm pki directory holding ca.key, etcd/ca.key and front-proxy-ca.key.
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// After a successful import and proof, overwrite and remove each source key file.
+        #[arg(long)]
+        remove_source: bool,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Show each CA's key: backend, location, algorithm, attributes, whether it matches.
+    #[command(after_help = "\
+Examples:
+  kubesign keys list --config /etc/kubesign/config.yaml
+  kubesign keys list --config kubesign.yaml -o json
+
+Exits 1 when a key cannot be loaded or does not match its CA certificate.")]
+    List {
         #[command(flatten)]
         config: ConfigArg,
         /// Output format.
@@ -232,8 +286,19 @@ fn init_logging(level: &str, format: LogFormat) {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Ca(CaCommand::Init { config, output }) => {
-            cmd_ca::init(config.config, output).await
+        Command::Ca(CaCommand::Init {
+            config,
+            adopt,
+            output,
+        }) => cmd_ca::init(config.config, adopt, output).await,
+        Command::Ca(CaCommand::Import {
+            config,
+            from,
+            remove_source,
+            output,
+        }) => cmd_ca::import(config.config, from, remove_source, output).await,
+        Command::Keys(KeysCommand::List { config, output }) => {
+            cmd_ca::list(config.config, output).await
         }
         Command::Sign(a) => {
             cmd_sign::run(cmd_sign::SignOptions {
@@ -269,9 +334,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let c = config::Config::load(&config.config)?;
             let mut text = String::new();
             for ca in &c.cas {
-                kubesign_cli::backends::check_compiled_in(&ca.key)
-                    .map_err(|e| anyhow::anyhow!("{}: cas.{}.key: {e}", c.path.display(), ca.role))?;
-                text.push_str(&format!("{}: key {} certificate {}\n", ca.role, ca.key, ca.certificate.display()));
+                kubesign_cli::backends::check_compiled_in(&ca.key).map_err(|e| {
+                    anyhow::anyhow!("{}: cas.{}.key: {e}", c.path.display(), ca.role)
+                })?;
+                text.push_str(&format!(
+                    "{}: key {} certificate {}\n",
+                    ca.role,
+                    ca.key,
+                    ca.certificate.display()
+                ));
             }
             text.push_str(&format!("audit log: {}\n", c.audit_path.display()));
             kubesign_cli::output::write_stdout(text.as_bytes())
