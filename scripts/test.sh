@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole kubesign test suite, from a fresh machine: installs what it needs (apt packages,
-# real kubeadm built from the Go module proxy), then runs formatting, lints, docs, unit tests,
-# end-to-end tests against real kubeadm and openssl, short fuzz runs and a quick benchmark.
+# The whole kubesign test suite, from a fresh machine: installs what it needs (apt packages incl.
+# SoftHSM and OpenSC, real kubeadm built from the Go module proxy, the KMS emulators local-kms and
+# moto), then runs formatting, lints, docs, unit tests, end-to-end tests against real kubeadm,
+# SoftHSM, the KMS emulators and openssl, short fuzz runs and quick benchmarks.
 # Builds are cached outside the repository ($KUBESIGN_CACHE, default ~/.cache/kubesign).
 #
 #   scripts/test.sh            # everything
@@ -21,6 +22,13 @@ eval "$(scripts/testbed.sh env)"
 export KUBEADM
 
 command -v cargo >/dev/null || { echo "cargo is required (rustup)" >&2; exit 1; }
+
+step "KMS emulators on loopback: local-kms (Go module proxy) and moto (PyPI)"
+scripts/kms-emulators.sh install
+export KUBESIGN_KMS_RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/kubesign-kms.XXXXXX")"
+trap 'scripts/kms-emulators.sh stop >/dev/null 2>&1 || true; rm -rf "$KUBESIGN_KMS_RUN_DIR"' EXIT
+eval "$(scripts/kms-emulators.sh start)"
+export KUBESIGN_LOCAL_KMS_ENDPOINT KUBESIGN_MOTO_ENDPOINT
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -25,7 +25,7 @@ set -euo pipefail
 KUBE_VERSION="${KUBE_VERSION:-v1.35.4}"
 KUBESIGN_CACHE="${KUBESIGN_CACHE:-${HOME}/.cache/kubesign}"
 KUBE_COMPONENTS="${KUBE_COMPONENTS:-kubeadm}"
-APT_PACKAGES=(openssl ca-certificates)
+APT_PACKAGES=(openssl ca-certificates softhsm2 opensc libengine-pkcs11-openssl)
 
 log() { echo "testbed: $*" >&2; }
 die() { echo "testbed: error: $*" >&2; exit 1; }
