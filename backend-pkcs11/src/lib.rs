@@ -195,8 +195,8 @@ impl Pkcs11Backend {
             return Err(SignerError::new(
                 ErrorKind::KeyPolicy,
                 "pkcs11: importing keys is refused by the imported-key policy \
-                 (Pkcs11Options::imported_keys); generate the key in the token, or set the policy \
-                 to warn or allow",
+                 (backends.pkcs11.importedKeys); generate the key in the token, or set the policy \
+                 to Warn or Allow",
             ));
         }
         let selector = KeySelector::from_uri(uri)?;

@@ -69,7 +69,7 @@ fn resolve_module_in(
     } else {
         return Err(invalid(
             "pkcs11: no PKCS#11 module: add module-path=/path/to/module.so to the key URI \
-             or configure a default module"
+             or configure a default module (backends.pkcs11.modulePath)"
                 .into(),
         ));
     };

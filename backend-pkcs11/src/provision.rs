@@ -56,7 +56,7 @@ fn refuse_existing(
             ErrorKind::KeyPolicy,
             format!(
                 "pkcs11: {token_target} already holds {what}; kubesign never replaces or shadows a \
-                 key: adopt the existing key (Pkcs11Backend::adopt_key) or choose another object= \
+                 key: adopt the existing key (kubesign ca init --adopt) or choose another object= \
                  and id="
             ),
         )

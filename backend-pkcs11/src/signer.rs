@@ -231,7 +231,7 @@ impl Pkcs11Signer {
                 options.extractable_keys,
                 &target,
                 "is extractable (CKA_EXTRACTABLE=true): it can be exported from the token",
-                "Pkcs11Options::extractable_keys",
+                "backends.pkcs11.extractableKeys in the kubesign configuration",
             )?;
         }
         if !attrs.generated_in_token() {
@@ -243,7 +243,7 @@ impl Pkcs11Signer {
                      CKA_ALWAYS_SENSITIVE={}, CKA_NEVER_EXTRACTABLE={}): a copy may exist outside it",
                     attrs.local, attrs.always_sensitive, attrs.never_extractable
                 ),
-                "Pkcs11Options::imported_keys",
+                "backends.pkcs11.importedKeys in the kubesign configuration",
             )?;
         }
         if !attrs.sensitive {

@@ -504,7 +504,7 @@ softhsm_test!(import_pkcs8_keys, |fx| {
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::KeyPolicy);
-    assert!(e.to_string().contains("imported_keys"), "{e}");
+    assert!(e.to_string().contains("importedKeys"), "{e}");
     let e = strict
         .import_key(
             &fx.uri("refused"),
@@ -551,7 +551,7 @@ softhsm_test!(extractable_keys_are_refused_by_default, |fx| {
     assert_eq!(e.kind(), ErrorKind::KeyPolicy);
     let msg = e.to_string();
     assert!(
-        msg.contains("CKA_EXTRACTABLE") && msg.contains("extractable_keys"),
+        msg.contains("CKA_EXTRACTABLE") && msg.contains("extractableKeys"),
         "{msg}"
     );
 

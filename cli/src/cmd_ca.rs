@@ -90,9 +90,11 @@ pub async fn init(config_path: PathBuf, adopt: bool, format: Format) -> Result<(
                 (signer, "adopted")
             }
             (true, false) => bail!(
-                "cas.{role}: a key already exists at {}; refusing to use a key kubesign did not create \
-                 (pass --adopt to make it this CA's key)",
-                ca.key
+                "cas.{role}: a key already exists at {} but the certificate {} does not; refusing to use a key \
+                 without being told to: pass --adopt to make it this CA's key (also when an earlier \
+                 `ca init` created the key and stopped before writing the certificate)",
+                ca.key,
+                ca.certificate.display()
             ),
             (false, false) => {
                 let signer = backends
@@ -124,15 +126,10 @@ pub async fn init(config_path: PathBuf, adopt: bool, format: Format) -> Result<(
                 source: "kubesign ca init".into(),
                 ..Default::default()
             };
-            log.record(&AuditRecord::for_certificate(
-                &cert,
-                &der,
-                role,
-                &ca.key.to_string(),
-                now,
-                context,
-            ))
-            .await?;
+            let mut record =
+                AuditRecord::for_certificate(&cert, &der, role, &ca.key.to_string(), now, context);
+            record.key_detail = Some(signer.describe());
+            log.record(&record).await?;
         }
         create_parent(&ca.certificate)?;
         let mut txn = Transaction::new();
@@ -249,6 +246,7 @@ pub async fn import(
     format: Format,
 ) -> Result<()> {
     let config = Config::load(&config_path)?;
+    let audit = JsonlAuditLog::open(&config.audit_path).context("nothing was imported")?;
     let backends = Backends::new(&config.backends);
     if !from.is_dir() {
         bail!(
@@ -349,6 +347,23 @@ pub async fn import(
         CertificateAuthority::new(role, &p.cert_bytes, signer.clone(), p.ca.key.to_string())
             .with_context(|| format!("cas.{role}: the imported key"))?;
         prove(signer.as_ref(), &p.cert, role).await?;
+        let context = RequestContext {
+            profile: role.kubeadm_name().to_owned(),
+            source: format!("kubesign ca import {}", p.key_file.display()),
+            ..Default::default()
+        };
+        let cert_der = der::Encode::to_der(&p.cert)?;
+        let mut record = AuditRecord::for_certificate(
+            &p.cert,
+            &cert_der,
+            role,
+            &p.ca.key.to_string(),
+            SystemTime::now(),
+            context,
+        );
+        record.event = "key-imported";
+        record.key_detail = Some(signer.describe());
+        audit.record(&record).await?;
         if !p.ca.certificate.exists() {
             create_parent(&p.ca.certificate)?;
             let mut txn = Transaction::new();

@@ -39,12 +39,17 @@ pub struct RequestContext {
 pub struct AuditRecord {
     /// When the certificate was signed (RFC 3339, UTC).
     pub time: String,
-    /// `issued` for a leaf certificate, `ca-created` for a self-signed CA certificate.
+    /// `issued` for a leaf certificate, `ca-created` for a self-signed CA certificate,
+    /// `key-imported` when `ca import` moved the key of this CA certificate into a backend.
     pub event: &'static str,
     /// The signing CA.
     pub ca: CaRole,
     /// The CA key's URI, redacted (never a PIN).
     pub key: String,
+    /// What the backend says the key is (a file path, a token and object, a KMS key ARN), so the
+    /// record can be matched with the backend's own log (for example CloudTrail).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_detail: Option<String>,
     /// The serial number, lowercase hex.
     pub serial: String,
     /// The subject, RFC 4514.
@@ -108,6 +113,7 @@ impl AuditRecord {
             event: if is_ca { "ca-created" } else { "issued" },
             ca,
             key: key.to_owned(),
+            key_detail: None,
             serial: serial_hex(tbs.serial_number()),
             subject: crate::name::display(tbs.subject()),
             sans,

@@ -255,11 +255,17 @@ impl CertificateAuthority {
         let reason = if now >= self.not_after {
             format!("the CA certificate expired at {}", rfc3339(self.not_after))
         } else if now < not_before(&self.certificate) {
-            format!("the CA certificate is not valid before {}", rfc3339(not_before(&self.certificate)))
+            format!(
+                "the CA certificate is not valid before {}",
+                rfc3339(not_before(&self.certificate))
+            )
         } else {
             return Ok(());
         };
-        Err(IssueError::CaUnusable { ca: self.role, reason })
+        Err(IssueError::CaUnusable {
+            ca: self.role,
+            reason,
+        })
     }
 
     /// Issues a certificate for `subject` under `policy`: builds the TBSCertificate, has the
@@ -340,8 +346,9 @@ impl CertificateAuthority {
             .await?;
         let cert = Certificate::from_der(&der)?;
 
-        let record =
+        let mut record =
             AuditRecord::for_certificate(&cert, &der, self.role, &self.key_uri, now, context);
+        record.key_detail = Some(self.signer.describe());
         audit.record(&record).await?;
         Ok(IssuedCertificate {
             pem: pem::encode("CERTIFICATE", &der),

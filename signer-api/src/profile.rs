@@ -424,13 +424,20 @@ impl CertProfile {
             ));
         }
         let sans = csr.sans();
-        if let Some(bad) = sans.iter().find(|s| !matches!(s, crate::name::San::Dns(_) | crate::name::San::Ip(_))) {
+        if let Some(bad) = sans
+            .iter()
+            .find(|s| !matches!(s, crate::name::San::Dns(_) | crate::name::San::Ip(_)))
+        {
             return Err(format!(
                 "{}: the request asks for subject alternative name {bad}; kubeadm requests only DNS names and IP addresses",
                 self.name
             ));
         }
-        self.check_identity(csr.common_name().as_deref(), &csr.organizations(), sans.len())
+        self.check_identity(
+            csr.common_name().as_deref(),
+            &csr.organizations(),
+            sans.len(),
+        )
     }
 }
 
