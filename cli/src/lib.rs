@@ -1,5 +1,6 @@
 //! The kubesign command line as a library: configuration, the kubeadm directory layout,
-//! kubeconfig handling, atomic file writes, the audit log, backend selection and the commands.
+//! kubeconfig handling, atomic file writes, the audit log, backend selection and the commands,
+//! including `serve`, the CertificateSigningRequest controller.
 //! `src/main.rs` is only argument parsing; integration tests and fuzzers call in here.
 
 pub mod audit_log;
@@ -15,3 +16,4 @@ pub mod fsutil;
 pub mod kubeadm_dir;
 pub mod kubeconfig;
 pub mod output;
+pub mod serve;

@@ -107,6 +107,24 @@ missing files are reported but are not problems (kubeadm omits some on non-first
     #[command(subcommand)]
     Config(ConfigCommand),
 
+    /// Sign Kubernetes CertificateSigningRequests (replaces kube-controller-manager's csrsigning).
+    #[cfg(feature = "serve")]
+    #[command(after_help = "\
+Examples:
+  # In a pod: in-cluster credentials, lease in $POD_NAMESPACE
+  kubesign serve --config /etc/kubesign/config.yaml
+
+  # On a control-plane node, with its own kubeconfig
+  kubesign serve --config /etc/kubesign/config.yaml --kubeconfig /etc/kubernetes/kubesign.conf
+
+Signs every Approved, not Denied, not Failed request without a certificate whose signer name is
+listed under serve.signers: kubernetes.io/kube-apiserver-client, -client-kubelet and
+kubelet-serving with kube-controller-manager's exact rules, custom names with the configured ones.
+A broken rule ends the request Failed (SignerValidationFailure) with a Warning event; transient
+errors are retried with backoff. Only the leader of the Lease signs. SIGTERM finishes the requests
+in flight, then releases the Lease. /metrics, /healthz and /readyz on serve.httpAddress.")]
+    Serve(ServeArgs),
+
     /// Print a shell completion script.
     #[command(after_help = "\
 Examples:
@@ -216,6 +234,28 @@ struct ConfigArg {
     config: PathBuf,
 }
 
+#[cfg(feature = "serve")]
+#[derive(Args, Debug)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// A kubeconfig file; default: in-cluster credentials, else $KUBECONFIG or ~/.kube/config.
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// Elect a leader through a Lease (overrides serve.leaderElection.enabled).
+    #[arg(long, value_name = "BOOL")]
+    leader_elect: Option<bool>,
+    /// The Lease's namespace (overrides serve.leaderElection.namespace; default $POD_NAMESPACE, else kube-system).
+    #[arg(long, value_name = "NAMESPACE")]
+    leader_elect_resource_namespace: Option<String>,
+    /// The Lease's name (overrides serve.leaderElection.leaseName; default kubesign).
+    #[arg(long, value_name = "NAME")]
+    leader_elect_resource_name: Option<String>,
+    /// Where /metrics, /healthz and /readyz listen (overrides serve.httpAddress), e.g. 127.0.0.1:10271.
+    #[arg(long, value_name = "ADDRESS")]
+    http_address: Option<String>,
+}
+
 #[derive(Args, Debug)]
 struct SignArgs {
     #[command(flatten)]
@@ -272,7 +312,9 @@ struct CheckArgs {
 
 fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        // cryptoki logs every vendor mechanism it has no name for at ERROR level while listing a
+        // token's mechanisms; that is noise for operators. RUST_LOG can still turn it on.
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(format!("{level},cryptoki=off")))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -345,7 +387,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ));
             }
             text.push_str(&format!("audit log: {}\n", c.audit_path.display()));
+            if let Some(serve) = &c.serve {
+                for s in &serve.signers {
+                    text.push_str(&format!(
+                        "serve: {} with the {} CA, at most {}s\n",
+                        s.name,
+                        s.ca,
+                        s.max_duration.as_secs()
+                    ));
+                }
+            }
             kubesign_cli::output::write_stdout(text.as_bytes())
+        }
+        #[cfg(feature = "serve")]
+        Command::Serve(a) => {
+            kubesign_cli::serve::run(kubesign_cli::serve::ServeOptions {
+                config: a.config.config,
+                kubeconfig: a.kubeconfig,
+                leader_elect: a.leader_elect,
+                lease_namespace: a.leader_elect_resource_namespace,
+                lease_name: a.leader_elect_resource_name,
+                http_address: a.http_address,
+            })
+            .await
         }
         Command::Completion { shell } => {
             let mut script = Vec::new();

@@ -288,11 +288,16 @@ impl CertificateAuthority {
         }
         let not_after = not_after.min(self.not_after);
 
-        let mut extensions = vec![extension(
-            oid::KEY_USAGE,
-            true,
-            &KeyUsage::from(policy.key_usage),
-        )?];
+        let mut extensions = Vec::new();
+        // RFC 5280: a keyUsage extension must assert at least one bit; with none, omit it (as
+        // kube-controller-manager does for a CSR asking only for "client auth").
+        if !policy.key_usage.0.is_empty() {
+            extensions.push(extension(
+                oid::KEY_USAGE,
+                true,
+                &KeyUsage::from(policy.key_usage),
+            )?);
+        }
         if !policy.extended_key_usage.is_empty() {
             extensions.push(extension(
                 oid::EXT_KEY_USAGE,

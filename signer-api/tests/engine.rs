@@ -400,3 +400,37 @@ async fn weak_subject_keys_are_refused() {
         .unwrap_err();
     assert!(e.to_string().contains("1024 bits is too small"), "{e}");
 }
+
+#[tokio::test]
+async fn no_key_usage_bits_means_no_key_usage_extension() {
+    let (_, ca) = ca(CaRole::Kubernetes, Duration::from_secs(86400)).await;
+    let req = csr("jane", &[], false);
+    let policy = signer_api::IssuancePolicy::new(
+        signer_api::policy::KeyUsageSet(der::flagset::FlagSet::default()),
+        vec![signer_api::algorithm::oid::KP_CLIENT_AUTH],
+        Duration::from_secs(3600),
+    );
+    let c = ca
+        .issue(
+            &CertificateSubject::from(&req),
+            &policy,
+            SystemTime::now(),
+            &MemoryAuditSink::default(),
+            RequestContext::default(),
+        )
+        .await
+        .unwrap();
+    let cert = parse_certificate(&c.der).unwrap();
+    assert!(
+        cert.tbs_certificate()
+            .get_extension::<KeyUsage>()
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        cert.tbs_certificate()
+            .get_extension::<ExtendedKeyUsage>()
+            .unwrap()
+            .is_some()
+    );
+}
