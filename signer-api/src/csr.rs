@@ -61,6 +61,33 @@ impl From<KeyPolicyError> for CsrError {
     }
 }
 
+/// The first element inside the outer SEQUENCE of `der`, as its raw TLV bytes.
+fn first_inner_tlv(der: &[u8]) -> Option<&[u8]> {
+    // (header length, content length) of the TLV at the start of `b`.
+    fn header(b: &[u8]) -> Option<(usize, usize)> {
+        let first = *b.get(1)?;
+        if first < 0x80 {
+            return Some((2, usize::from(first)));
+        }
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for i in 0..n {
+            len = (len << 8) | usize::from(*b.get(2 + i)?);
+        }
+        Some((2 + n, len))
+    }
+    if *der.first()? != 0x30 {
+        return None;
+    }
+    let (outer_hdr, _) = header(der)?;
+    let inner = der.get(outer_hdr..)?;
+    let (hdr, len) = header(inner)?;
+    inner.get(..hdr.checked_add(len)?)
+}
+
 /// A CSR whose proof of possession has been verified.
 #[derive(Debug, Clone)]
 pub struct VerifiedCsr {
@@ -101,10 +128,15 @@ impl VerifiedCsr {
             return Err(CsrError::Version);
         }
         let key_kind = PublicKeyKind::from_spki(&req.info.public_key)?;
-        let info_der = req
-            .info
-            .to_der()
-            .map_err(|e| CsrError::Der(e.to_string()))?;
+        // Verify over the bytes as received: re-encoding would sort SET OF members (attributes)
+        // and break the signature of a request that a looser encoder wrote unsorted.
+        let info_der = match first_inner_tlv(&der) {
+            Some(raw) => raw.to_vec(),
+            None => req
+                .info
+                .to_der()
+                .map_err(|e| CsrError::Der(e.to_string()))?,
+        };
         let signature = req
             .signature
             .as_bytes()
@@ -120,10 +152,16 @@ impl VerifiedCsr {
             .iter()
             .filter(|a| a.oid == oid::EXTENSION_REQUEST)
         {
-            if seen_request || attr.values.len() != 1 {
+            if seen_request {
                 return Err(CsrError::ExtensionRequest(
-                    "more than one extensionRequest".into(),
+                    "more than one extensionRequest attribute".into(),
                 ));
+            }
+            if attr.values.len() != 1 {
+                return Err(CsrError::ExtensionRequest(format!(
+                    "the extensionRequest attribute has {} values, expected exactly one",
+                    attr.values.len()
+                )));
             }
             seen_request = true;
             for value in attr.values.iter() {
@@ -279,5 +317,26 @@ mod tests {
             VerifiedCsr::parse(b"\x30\x03\x02\x01\x00"),
             Err(CsrError::Der(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod encoding_tests {
+    use super::*;
+
+    /// A request whose attribute SET OF is not in DER order (openssl accepts its signature): the
+    /// signature is checked over the bytes as received, so the request gets past proof of
+    /// possession and is judged on its content (here: two extensionRequest attributes).
+    #[test]
+    fn unsorted_attribute_set_is_judged_on_content() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../integration/fuzz-corpus/csr/crafted-two-extension-requests-unsorted-set.csr"
+        );
+        let bytes = std::fs::read(path).unwrap();
+        match VerifiedCsr::parse(&bytes) {
+            Err(CsrError::ExtensionRequest(m)) => assert!(m.contains("more than one"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -334,8 +334,10 @@ pub struct Pkcs11Uri {
     pub module_name: Option<String>,
     /// `pin-source=` or `pin-value=`.
     pub pin: Option<PinSource>,
-    /// `x-*` vendor attributes, kept verbatim.
+    /// `x-*` vendor attributes of the path, kept verbatim.
     pub vendor: BTreeMap<String, String>,
+    /// `x-*` vendor attributes of the query, kept verbatim.
+    pub vendor_query: BTreeMap<String, String>,
 }
 
 const PKCS11_PATH_ATTRS: &str = "token, manufacturer, serial, model, object, id, type, slot-id, \
@@ -362,12 +364,30 @@ const PK11_PATH_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b',')
     .remove(b'=')
     .remove(b'&');
+/// A pin-source path inside `file:`: also escape `:` and `/`-free specials so the file: parser
+/// reads back the same path.
+const PIN_SOURCE_ESCAPE: &AsciiSet = &PK11_QUERY_ESCAPE
+    .add(b':')
+    .add(b'%')
+    .add(b'&')
+    .add(b'?')
+    .add(b'#');
 const PK11_QUERY_ESCAPE: &AsciiSet = &PK11_PATH_ESCAPE
     .remove(b'/')
     .remove(b'?')
     .remove(b'|')
     .remove(b';')
     .add(b'&');
+
+/// Vendor attributes: `x-` followed by letters, digits and dashes (RFC 7512 leaves the syntax to
+/// vendors; anything wider could not be written back unambiguously).
+fn is_vendor_name(n: &str) -> bool {
+    n.len() > 2
+        && n.starts_with("x-")
+        && n[2..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
 
 fn decode(scheme: &'static str, name: &str, value: &str) -> Result<String, KeyUriError> {
     percent_decode_str(value)
@@ -486,7 +506,7 @@ impl Pkcs11Uri {
                 }
                 "library-description" => set_once(&mut uri.library_description, text()?, S, name)?,
                 "library-version" => set_once(&mut uri.library_version, text()?, S, name)?,
-                n if n.starts_with("x-") => {
+                n if is_vendor_name(n) => {
                     if uri.vendor.insert(n.to_owned(), text()?).is_some() {
                         return Err(KeyUriError::DuplicateAttribute {
                             scheme: S,
@@ -527,7 +547,11 @@ impl Pkcs11Uri {
                 )?,
                 "module-name" => set_once(&mut uri.module_name, decode(S, name, raw)?, S, name)?,
                 "pin-source" => {
-                    let v = decode(S, name, raw)?;
+                    // A file: URI is percent-decoded once, by the file: parser; a bare path here.
+                    let v = match strip_scheme(raw, "file:") {
+                        Some(_) => raw.to_owned(),
+                        None => decode(S, name, raw)?,
+                    };
                     let path = match strip_scheme(&v, "file:") {
                         Some(rest) => {
                             FileKeyUri::parse_rest(rest)
@@ -560,9 +584,9 @@ impl Pkcs11Uri {
                     let v = decode(S, name, raw)?;
                     set_once(&mut pin_value, SecretString::from(v), S, name)?
                 }
-                n if n.starts_with("x-") => {
+                n if is_vendor_name(n) => {
                     if uri
-                        .vendor
+                        .vendor_query
                         .insert(n.to_owned(), decode(S, n, raw)?)
                         .is_some()
                     {
@@ -630,6 +654,8 @@ impl fmt::Display for Pkcs11Uri {
         for (k, v) in &self.vendor {
             path.push(format!("{k}={}", enc(v)));
         }
+        let pin_path =
+            |p: &Path| utf8_percent_encode(&p.to_string_lossy(), PIN_SOURCE_ESCAPE).to_string();
         let qenc = |v: &str| utf8_percent_encode(v, PK11_QUERY_ESCAPE).to_string();
         let mut query: Vec<String> = Vec::new();
         if let Some(p) = &self.module_path {
@@ -638,10 +664,15 @@ impl fmt::Display for Pkcs11Uri {
         if let Some(n) = &self.module_name {
             query.push(format!("module-name={}", qenc(n)));
         }
+        for (k, v) in &self.vendor_query {
+            query.push(format!("{k}={}", qenc(v)));
+        }
         match &self.pin {
-            Some(PinSource::File(p)) => {
-                query.push(format!("pin-source={}", qenc(&p.to_string_lossy())))
-            }
+            Some(PinSource::File(p)) => query.push(if p.is_absolute() {
+                format!("pin-source=file://{}", pin_path(p))
+            } else {
+                format!("pin-source=file:{}", pin_path(p))
+            }),
             Some(PinSource::Value(_)) => query.push("pin-value=REDACTED".into()),
             None => {}
         }
@@ -704,7 +735,16 @@ impl KmsKeyId {
                     "{s:?} is not an ARN of the form arn:aws:kms:REGION:ACCOUNT:key/ID"
                 )));
             };
-            if !partition.starts_with("aws") || service != "kms" || region.is_empty() {
+            let lower_dash = |x: &str| {
+                !x.is_empty()
+                    && x.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            };
+            if !partition.starts_with("aws")
+                || !lower_dash(partition)
+                || service != "kms"
+                || !lower_dash(region)
+            {
                 return Err(invalid(format!(
                     "{s:?} is not a KMS ARN (arn:aws:kms:REGION:ACCOUNT:...)"
                 )));
@@ -897,14 +937,28 @@ impl AwsKmsUri {
 
 impl fmt::Display for AwsKmsUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "awskms:///{}", self.key.as_api_str())?;
+        // Keys and regions are validated to plain characters; the endpoint may hold anything a
+        // URL can, so it is percent-encoded to read back as one query value.
+        const VALUE: &AsciiSet = &percent_encoding::CONTROLS
+            .add(b' ')
+            .add(b'%')
+            .add(b'&')
+            .add(b'?')
+            .add(b'#')
+            .add(b'=')
+            .add(b';');
+        write!(
+            f,
+            "awskms:///{}",
+            utf8_percent_encode(self.key.as_api_str(), VALUE)
+        )?;
         let mut sep = '?';
         if let Some(r) = &self.region {
-            write!(f, "{sep}region={r}")?;
+            write!(f, "{sep}region={}", utf8_percent_encode(r, VALUE))?;
             sep = '&';
         }
         if let Some(e) = &self.endpoint {
-            write!(f, "{sep}endpoint={e}")?;
+            write!(f, "{sep}endpoint={}", utf8_percent_encode(e, VALUE))?;
         }
         Ok(())
     }
