@@ -1,6 +1,12 @@
-//! The audit log: an append-only JSON-lines file. Each record is written with a single `write`
-//! and fsynced before `record` returns, so a certificate is only ever released after its record
-//! is durable. The file is opened before anything is signed: if it cannot be opened, nothing is.
+//! The audit log: an append-only JSON-lines file. The file is opened before anything is signed:
+//! if it cannot be opened, nothing is.
+//!
+//! - [`JsonlAuditLog`] as an [`AuditSink`] writes each record with a single `write` and fsyncs it
+//!   before `record` returns (`kubesign serve` releases each certificate right after).
+//! - [`AuditBatch`] is for the all-or-nothing commands (`sign`, `renew`, `ca import`), which hold
+//!   every certificate in memory until the end: `record` keeps the line, and
+//!   [`AuditBatch::commit`] writes all lines and fsyncs once. The commands call it before they
+//!   write any file, so the rule "recorded before released" holds with one flush per run.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -81,5 +87,64 @@ impl AuditSink for JsonlAuditLog {
                     Some(e),
                 )
             })
+    }
+}
+
+/// Records held until [`AuditBatch::commit`]; see the module documentation for when that is
+/// enough.
+#[derive(Debug)]
+pub struct AuditBatch<'a> {
+    log: &'a JsonlAuditLog,
+    lines: Mutex<String>,
+}
+
+impl JsonlAuditLog {
+    /// A batch of records for this log.
+    pub fn batch(&self) -> AuditBatch<'_> {
+        AuditBatch {
+            log: self,
+            lines: Mutex::new(String::new()),
+        }
+    }
+}
+
+impl AuditBatch<'_> {
+    /// Appends every held record with one write and fsyncs. Nothing may be released before this
+    /// returns `Ok`.
+    pub fn commit(self) -> Result<(), AuditError> {
+        let path = self.log.path.display().to_string();
+        let lines = self
+            .lines
+            .into_inner()
+            .map_err(|_| AuditError::new(format!("{path}: audit batch poisoned"), None))?;
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let mut file = self
+            .log
+            .file
+            .lock()
+            .map_err(|_| AuditError::new(format!("{path}: audit log lock poisoned"), None))?;
+        file.write_all(lines.as_bytes())
+            .and_then(|()| file.sync_data())
+            .map_err(|e| {
+                AuditError::new(
+                    format!("{path}: cannot write the audit records ({e})"),
+                    Some(e),
+                )
+            })
+    }
+}
+
+#[async_trait]
+impl AuditSink for AuditBatch<'_> {
+    async fn record(&self, record: &AuditRecord) -> Result<(), AuditError> {
+        let mut lines = self
+            .lines
+            .lock()
+            .map_err(|_| AuditError::new("audit batch poisoned", None))?;
+        lines.push_str(&record.to_json_line());
+        lines.push('\n');
+        Ok(())
     }
 }

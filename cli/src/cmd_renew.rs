@@ -187,6 +187,7 @@ pub async fn run(opts: RenewOptions) -> Result<()> {
     }
 
     let audit = JsonlAuditLog::open(&config.audit_path).context("nothing was renewed")?;
+    let batch = audit.batch();
     let now = SystemTime::now();
     let mut txn = Transaction::new();
     let mut rows = Vec::new();
@@ -204,7 +205,7 @@ pub async fn run(opts: RenewOptions) -> Result<()> {
                 &subject,
                 &e.item.profile.policy(config.leaf_validity),
                 now,
-                &audit,
+                &batch,
                 context,
             )
             .await
@@ -228,6 +229,8 @@ pub async fn run(opts: RenewOptions) -> Result<()> {
             serial: issued.record.serial.clone(),
         });
     }
+    // Every record is durable before any certificate leaves this process.
+    batch.commit().context("no file was written")?;
     txn.commit()?;
     let table: Vec<Vec<String>> = rows
         .iter()

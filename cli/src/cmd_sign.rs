@@ -201,6 +201,7 @@ pub async fn run(opts: SignOptions) -> Result<()> {
     }
 
     let audit = JsonlAuditLog::open(&config.audit_path).context("nothing was signed")?;
+    let batch = audit.batch();
     let mut outputs: Vec<(Prepared, signer_api::IssuedCertificate)> = Vec::new();
     for p in prepared {
         let ca = cas.get(p.item.profile.ca)?;
@@ -217,7 +218,7 @@ pub async fn run(opts: SignOptions) -> Result<()> {
                 &CertificateSubject::from(&p.csr),
                 &policy,
                 now,
-                &audit,
+                &batch,
                 context,
             )
             .await
@@ -252,6 +253,8 @@ pub async fn run(opts: SignOptions) -> Result<()> {
             (Target::Kubeconfig { conf }, None) => bail!("internal: {} not loaded", conf.display()),
         }
     }
+    // Every record is durable before any certificate leaves this process.
+    batch.commit().context("no file was written")?;
     txn.commit()?;
     for (p, issued) in &outputs {
         rows.push(row(
