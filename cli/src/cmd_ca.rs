@@ -117,7 +117,17 @@ pub async fn init(config_path: PathBuf, adopt: bool, format: Format) -> Result<(
         }
         let der = CertificateAuthority::self_signed(role, signer.as_ref(), config.ca_validity, now)
             .await
-            .with_context(|| format!("cas.{role}: creating the CA certificate"))?;
+            .with_context(|| {
+                if status == "created" && !matches!(ca.key, KeyUri::File(_)) {
+                    format!(
+                        "cas.{role}: the key {} was created, but its CA certificate was not; fix the cause, \
+                         then run `kubesign ca init --adopt` to use that key (or delete it in the backend)",
+                        ca.key
+                    )
+                } else {
+                    format!("cas.{role}: creating the CA certificate")
+                }
+            })?;
         let cert = parse_certificate(&der).map_err(anyhow::Error::msg)?;
         let pem = signer_api::pem::encode("CERTIFICATE", &der);
         if let Some(log) = &audit {

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use anyhow::{Context, Result, anyhow, bail};
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use signer_api::audit::RequestContext;
 use signer_api::ca::{CertificateSubject, rfc3339, sha256_hex};
@@ -16,6 +17,9 @@ use crate::fsutil::{Replace, Transaction};
 use crate::kubeadm_dir::{self, Item, Target};
 use crate::kubeconfig::Kubeconfig;
 use crate::output::{self, Format};
+
+/// How many certificates are signed at once.
+const SIGN_CONCURRENCY: usize = 8;
 
 /// Options of `kubesign sign`.
 pub struct SignOptions {
@@ -203,33 +207,46 @@ pub async fn run(opts: SignOptions) -> Result<()> {
     let audit = JsonlAuditLog::open(&config.audit_path).context("nothing was signed")?;
     let batch = audit.batch();
     let mut outputs: Vec<(Prepared, signer_api::IssuedCertificate)> = Vec::new();
-    for p in prepared {
-        let ca = cas.get(p.item.profile.ca)?;
-        let policy = p.item.profile.policy(config.leaf_validity);
-        let csr_path = p.item.csr.as_deref().unwrap_or(Path::new(""));
-        let context = RequestContext {
-            profile: p.item.profile.name.to_owned(),
-            source: csr_path.display().to_string(),
-            source_sha256: Some(sha256_hex(p.csr.der())),
-            requester: None,
-        };
-        let issued = ca
-            .issue(
-                &CertificateSubject::from(&p.csr),
-                &policy,
-                now,
-                &batch,
-                context,
-            )
-            .await
-            .with_context(|| {
-                format!(
-                    "{}: signing failed; no file was written",
-                    csr_path.display()
-                )
-            })?;
-        outputs.push((p, issued));
-    }
+    // Sign concurrently (an HSM pool or a KMS round trip is the bottleneck, not this process);
+    // the backends bound their own load. `buffered` keeps the kubeadm order of the results.
+    // The first failure stops the run: nothing further is signed.
+    let signed: Vec<(Prepared, signer_api::IssuedCertificate)> =
+        futures::stream::iter(prepared.into_iter().map(|p| {
+            let cas = &cas;
+            let batch = &batch;
+            let config = &config;
+            async move {
+                let ca = cas.get(p.item.profile.ca)?;
+                let policy = p.item.profile.policy(config.leaf_validity);
+                let csr_path = p.item.csr.clone().unwrap_or_default();
+                let context = RequestContext {
+                    profile: p.item.profile.name.to_owned(),
+                    source: csr_path.display().to_string(),
+                    source_sha256: Some(sha256_hex(p.csr.der())),
+                    requester: None,
+                };
+                let issued = ca
+                    .issue(
+                        &CertificateSubject::from(&p.csr),
+                        &policy,
+                        now,
+                        batch,
+                        context,
+                    )
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "{}: signing failed; no file was written",
+                            csr_path.display()
+                        )
+                    })?;
+                anyhow::Ok((p, issued))
+            }
+        }))
+        .buffered(SIGN_CONCURRENCY)
+        .try_collect()
+        .await?;
+    outputs.extend(signed);
 
     // Stage every file, then move them all into place.
     let replace = if opts.force {

@@ -20,6 +20,10 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_yaml::Value;
 
+pub mod control_plane;
+pub mod kms_fault_proxy;
+pub mod softhsm;
+
 // ------------------------------------------------------------------------------------------------
 // Components: found, skipped, or a loud failure in CI.
 // ------------------------------------------------------------------------------------------------
@@ -1694,6 +1698,164 @@ pub fn assert_phase_certs_ok(out: &Output) {
             all.contains(&line),
             "kubeadm did not print {line:?}\n{out:?}"
         );
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// AWS KMS emulators (local-kms, moto) and commands with an environment.
+// ------------------------------------------------------------------------------------------------
+
+/// The loopback endpoints of the two KMS emulators.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KmsEmulators {
+    /// local-kms: honours `MessageType=DIGEST`; no asymmetric `ImportKeyMaterial`.
+    pub local_kms: String,
+    /// moto: hashes a `DIGEST` message again (its signatures do not verify); RAW works.
+    pub moto: String,
+}
+
+/// The AWS environment a `kubesign` child needs against the emulators: dummy credentials (the
+/// emulators do not check them) and the region. Set on the child only, never on this process.
+pub const KMS_CHILD_ENV: [(&str, &str); 4] = [
+    ("AWS_ACCESS_KEY_ID", "test"),
+    ("AWS_SECRET_ACCESS_KEY", "test"),
+    ("AWS_REGION", "us-east-1"),
+    // No instance metadata lookups if the credential chain ever got that far.
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+];
+
+/// Host AWS settings that must not leak into a `kubesign` child talking to an emulator.
+pub const KMS_CHILD_ENV_REMOVED: [&str; 8] = [
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_KMS",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+];
+
+fn start_kms_emulators() -> Result<KmsEmulators, String> {
+    let how = "install and start them with `eval \"$(scripts/kms-emulators.sh start)\"` (needs Go and \
+               python3-venv: builds local-kms from the Go module proxy, installs moto from PyPI), or \
+               set KUBESIGN_LOCAL_KMS_ENDPOINT and KUBESIGN_MOTO_ENDPOINT";
+    if let (Ok(local_kms), Ok(moto)) = (
+        std::env::var("KUBESIGN_LOCAL_KMS_ENDPOINT"),
+        std::env::var("KUBESIGN_MOTO_ENDPOINT"),
+    ) && !local_kms.is_empty()
+        && !moto.is_empty()
+    {
+        return Ok(KmsEmulators { local_kms, moto });
+    }
+    let script = workspace_root().join("scripts/kms-emulators.sh");
+    // A private run directory; the script's watchdog stops the emulators when this process ends.
+    let run_dir =
+        std::env::temp_dir().join(format!("kubesign-kms-integration-{}", std::process::id()));
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("start")
+        .env("KUBESIGN_KMS_RUN_DIR", &run_dir)
+        .env("KUBESIGN_KMS_WATCH_PID", std::process::id().to_string())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {} ({e}); {how}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`{} start` failed ({}): {}; {how}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let get = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+            .map(|v| v.trim().to_owned())
+            .ok_or_else(|| format!("`{} start` printed no {name}; {how}", script.display()))
+    };
+    Ok(KmsEmulators {
+        local_kms: get("KUBESIGN_LOCAL_KMS_ENDPOINT")?,
+        moto: get("KUBESIGN_MOTO_ENDPOINT")?,
+    })
+}
+
+/// The KMS emulators, started once per process (through `scripts/kms-emulators.sh`, unless
+/// KUBESIGN_LOCAL_KMS_ENDPOINT and KUBESIGN_MOTO_ENDPOINT name running ones), or why not.
+pub fn kms_emulators_result() -> &'static Result<KmsEmulators, String> {
+    static FOUND: OnceLock<Result<KmsEmulators, String>> = OnceLock::new();
+    FOUND.get_or_init(start_kms_emulators)
+}
+
+/// The KMS emulators, or `None` after a SKIPPED line (a failure under CI=true).
+pub fn kms_emulators() -> Option<&'static KmsEmulators> {
+    require(
+        "the KMS emulators (local-kms and moto)",
+        kms_emulators_result().as_ref().map_err(Clone::clone),
+    )
+}
+
+/// Like [`run_in`], with `set` added to and `remove` removed from the child's environment.
+pub fn run_in_env<S: AsRef<OsStr>>(
+    program: &Path,
+    args: &[S],
+    cwd: Option<&Path>,
+    set: &[(String, std::ffi::OsString)],
+    remove: &[&str],
+) -> Output {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_remove("KUBESIGN_CONFIG")
+        .env_remove("KUBESIGN_LOG_LEVEL")
+        .env_remove("RUST_LOG")
+        .env_remove("KUBECONFIG")
+        .stdin(Stdio::null());
+    for name in remove {
+        cmd.env_remove(name);
+    }
+    for (name, value) in set {
+        cmd.env(name, value);
+    }
+    if let Some(d) = cwd {
+        cmd.current_dir(d);
+    }
+    let line = std::iter::once(program.as_os_str())
+        .chain(args.iter().map(AsRef::as_ref))
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `{line}`: {e}"));
+    Output {
+        cmd: line,
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        stdout_bytes: out.stdout,
+    }
+}
+
+impl Cluster {
+    /// Runs kubesign with `args` and the KMS child environment ([`KMS_CHILD_ENV`]) plus `extra`.
+    pub fn ks_env<S: AsRef<OsStr>>(
+        &self,
+        args: &[S],
+        extra: &[(String, std::ffi::OsString)],
+    ) -> Output {
+        let mut set: Vec<(String, std::ffi::OsString)> = KMS_CHILD_ENV
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).into()))
+            .collect();
+        set.extend(extra.iter().cloned());
+        run_in_env(
+            &self.kubesign,
+            args,
+            Some(&self.root),
+            &set,
+            &KMS_CHILD_ENV_REMOVED,
+        )
     }
 }
 
