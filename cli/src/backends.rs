@@ -54,6 +54,9 @@ fn pkcs11_options(s: &crate::config::Pkcs11Settings) -> backend_pkcs11::Pkcs11Op
     if let Some(p) = s.imported_keys {
         o.imported_keys = policy(p);
     }
+    if let Some(n) = s.max_attempts {
+        o.retry.max_attempts = n;
+    }
     o
 }
 

@@ -21,6 +21,7 @@
 //!     sessions: 4                       # logged-in sessions per token
 //!     extractableKeys: Refuse           # Refuse | Warn | Allow
 //!     importedKeys: Warn                # Refuse | Warn | Allow
+//!     maxAttempts: 8                    # attempts per operation on transient device errors
 //!   awskms:
 //!     messageType: DIGEST               # DIGEST (hash locally) | RAW
 //!     maxConcurrency: 16                # Sign requests in flight
@@ -115,6 +116,9 @@ pub struct Pkcs11Settings {
     pub extractable_keys: Option<KeyPolicySetting>,
     /// Keys imported rather than generated in the token (default Warn).
     pub imported_keys: Option<KeyPolicySetting>,
+    /// Attempts per operation on transient device errors (default 8). A wrong PIN is never
+    /// retried.
+    pub max_attempts: Option<u32>,
 }
 
 /// The KMS message type.
@@ -577,6 +581,11 @@ impl Config {
         if let Some(0) = raw.backends.awskms.max_concurrency {
             return Err(here(
                 "backends.awskms.maxConcurrency must be at least 1".into(),
+            ));
+        }
+        if let Some(0) = raw.backends.pkcs11.max_attempts {
+            return Err(here(
+                "backends.pkcs11.maxAttempts must be at least 1".into(),
             ));
         }
         if let Some(0) = raw.backends.awskms.max_attempts {

@@ -98,7 +98,8 @@ fn log(line: &str) {
     if let Ok(path) = std::env::var("KUBESIGN_SHIM_LOG")
         && let Ok(mut f) = OpenOptions::new().create(true).append(true).open(path)
     {
-        let _ = writeln!(f, "{line}");
+        // One write per line: O_APPEND keeps concurrent callers' lines whole.
+        let _ = f.write_all(format!("{line}\n").as_bytes());
     }
 }
 
