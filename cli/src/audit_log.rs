@@ -3,7 +3,7 @@
 //!
 //! - [`JsonlAuditLog`] as an [`AuditSink`] writes each record with a single `write` and fsyncs it
 //!   before `record` returns (`kubesign serve` releases each certificate right after).
-//! - [`AuditBatch`] is for the all-or-nothing commands (`sign`, `renew`, `ca import`), which hold
+//! - [`AuditBatch`] is for the all-or-nothing commands (`sign`, `renew`), which hold
 //!   every certificate in memory until the end: `record` keeps the line, and
 //!   [`AuditBatch::commit`] writes all lines and fsyncs once. The commands call it before they
 //!   write any file, so the rule "recorded before released" holds with one flush per run.

@@ -157,8 +157,10 @@ impl AuditError {
     }
 }
 
-/// Durable storage for audit records. `record` returns only once the record is durable (for a
-/// file: written and fsynced); an error means the certificate must not be released.
+/// Storage for audit records. An error from `record` means the certificate must not be released.
+/// A sink either makes the record durable before `record` returns (for a file: written and
+/// fsynced), or it is a batch whose owner makes every record durable before releasing any
+/// certificate (the CLI's all-or-nothing commands; see `kubesign_cli::audit_log::AuditBatch`).
 #[async_trait]
 pub trait AuditSink: Send + Sync {
     /// Stores one record durably.

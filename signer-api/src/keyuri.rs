@@ -226,7 +226,20 @@ impl FileKeyUri {
 
 impl fmt::Display for FileKeyUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "file:{}", self.path.display())
+        // Percent-encode what the parser would read differently; absolute paths as file://PATH
+        // so a path starting with "//" is not taken for a host.
+        const PATH: &AsciiSet = &percent_encoding::CONTROLS
+            .add(b'%')
+            .add(b'?')
+            .add(b'#')
+            .add(b';');
+        let text = self.path.to_string_lossy();
+        let encoded = utf8_percent_encode(&text, PATH);
+        if self.path.is_absolute() && text.starts_with("//") {
+            write!(f, "file://{encoded}")
+        } else {
+            write!(f, "file:{encoded}")
+        }
     }
 }
 
