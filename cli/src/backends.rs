@@ -99,6 +99,17 @@ fn not_compiled(key: &KeyUri) -> SignerError {
     }
 }
 
+/// How many signatures to request from `key`'s backend at once: the configured session pool or
+/// KMS concurrency, at most `cap`.
+pub fn signing_concurrency(settings: &BackendSettings, key: &KeyUri, cap: usize) -> usize {
+    let configured = match key {
+        KeyUri::Pkcs11(_) => settings.pkcs11.sessions,
+        KeyUri::AwsKms(_) => settings.awskms.max_concurrency,
+        _ => None,
+    };
+    configured.unwrap_or(cap).clamp(1, cap)
+}
+
 /// Fails when the backend for `key` is not compiled into this binary.
 pub fn check_compiled_in(key: &KeyUri) -> Result<(), SignerError> {
     match key {

@@ -207,6 +207,13 @@ pub async fn run(opts: SignOptions) -> Result<()> {
     let audit = JsonlAuditLog::open(&config.audit_path).context("nothing was signed")?;
     let batch = audit.batch();
     let mut outputs: Vec<(Prepared, signer_api::IssuedCertificate)> = Vec::new();
+    let concurrency = config
+        .cas
+        .iter()
+        .filter(|c| cas.roles().any(|r| r == c.role))
+        .map(|c| crate::backends::signing_concurrency(&config.backends, &c.key, SIGN_CONCURRENCY))
+        .min()
+        .unwrap_or(1);
     // Sign concurrently (an HSM pool or a KMS round trip is the bottleneck, not this process);
     // the backends bound their own load. `buffered` keeps the kubeadm order of the results.
     // The first failure stops the run: nothing further is signed.
@@ -243,7 +250,7 @@ pub async fn run(opts: SignOptions) -> Result<()> {
                 anyhow::Ok((p, issued))
             }
         }))
-        .buffered(SIGN_CONCURRENCY)
+        .buffered(concurrency)
         .try_collect()
         .await?;
     outputs.extend(signed);

@@ -2664,7 +2664,8 @@ fn run_config(input: &[u8], r: &mut Report) {
             if !c.audit_path.is_absolute() || c.cas.iter().any(|ca| !ca.certificate.is_absolute()) {
                 r.violation(format!("config relative path: paths must be resolved against the file's directory: {c:?}"));
             }
-            for ca in &c.cas {
+            // Only a pkcs11: key can carry a PIN; a file whose name contains "pin-value=" is a name.
+            for ca in c.cas.iter().filter(|ca| ca.key.scheme() == "pkcs11") {
                 let shown = ca.key.to_string();
                 if sentinel_only_in_pin_values(&shown)
                     || (shown.contains(SENTINEL)

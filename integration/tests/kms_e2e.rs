@@ -1168,7 +1168,11 @@ fn sign_through_faults(test: &str, faults: Faults, max_attempts: u32, expect: Ex
     let proxy = FaultProxy::start(&e.local_kms, Faults::NONE).expect("the fault proxy starts");
     let mut w = World::new(&tools);
     let (cas, _) = kms_cas(&proxy.endpoint(), ["ECDSA-P256", "ECDSA-P384", "RSA-2048"]);
-    w.configure(cas, &format!("awskms:\n  maxAttempts: {max_attempts}"));
+    // One request at a time, as the fault pattern below is counted per request.
+    w.configure(
+        cas,
+        &format!("awskms:\n  maxAttempts: {max_attempts}\n  maxConcurrency: 1"),
+    );
     w.ca_init(&[]).ok();
     check_ca_certs(&w);
 
