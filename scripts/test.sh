@@ -55,6 +55,6 @@ step "tests: unit, end-to-end (kubeadm, SoftHSM, KMS emulators, etcd + kube-apis
 cargo test --workspace --locked --no-fail-fast
 
 step "benchmarks (quick runs; ratios measured in the same run, not pass/fail)"
-for bench in issuance pkcs11 kms; do
+for bench in issuance pkcs11 kms serve; do
   cargo bench --locked -p integration --bench "$bench" -- --quick
 done
