@@ -247,7 +247,6 @@ fn find_softhsm() -> Result<(), String> {
 // ------------------------------------------------------------------------------------------------
 
 /// Runs `program args...` (stdin from `stdin` or /dev/null) with `env` added, in `cwd`, and waits.
-/// KUBECONFIG and kubesign's implicit variables are removed so the host cannot leak in.
 pub fn exec<S: AsRef<OsStr>>(
     program: &Path,
     args: &[S],
@@ -255,44 +254,20 @@ pub fn exec<S: AsRef<OsStr>>(
     cwd: Option<&Path>,
     stdin: Option<&[u8]>,
 ) -> Output {
-    let line = command_line(program, args);
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env_remove("KUBECONFIG")
-        .env_remove("KUBESIGN_CONFIG")
-        .env_remove("KUBESIGN_LOG_LEVEL")
-        .env_remove("RUST_LOG")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    if let Some(d) = cwd {
-        cmd.current_dir(d);
-    }
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start `{line}`: {e}"));
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin is piped");
-        // A program may exit before reading everything (openssl after a failed handshake).
-        let _ = pipe.write_all(input);
-    }
-    let out = child
-        .wait_with_output()
-        .unwrap_or_else(|e| panic!("waiting for `{line}`: {e}"));
-    Output {
-        cmd: line,
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        stdout_bytes: out.stdout,
-    }
+    let env = env
+        .iter()
+        .map(|(k, v)| (OsString::from(k), v.to_os_string()))
+        .collect();
+    crate::exec_with(
+        program,
+        args,
+        crate::Exec {
+            env,
+            remove: Vec::new(),
+            cwd,
+            stdin,
+        },
+    )
 }
 
 fn command_line<S: AsRef<OsStr>>(program: &Path, args: &[S]) -> String {

@@ -7,7 +7,7 @@
 //! `testdata/kubeadm/FINDINGS.md`, not from `signer-api`.
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs;
 use std::io::Write;
@@ -313,42 +313,57 @@ impl Output {
     }
 }
 
-/// Runs `program args...` in `cwd` (if given) with `stdin` fed in, and waits for it. The
-/// environment variables kubesign reads implicitly are removed so the host cannot leak in.
-pub fn run_in<S: AsRef<OsStr>>(
-    program: &Path,
-    args: &[S],
-    cwd: Option<&Path>,
-    stdin: Option<&[u8]>,
-) -> Output {
+/// How to run a command in a test: variables to add and to remove, a working directory, input.
+#[derive(Debug, Default, Clone)]
+pub struct Exec<'a> {
+    /// Added to the child's environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// Removed from the child's environment (besides the ones every run removes).
+    pub remove: Vec<&'a str>,
+    /// The working directory.
+    pub cwd: Option<&'a Path>,
+    /// Fed to standard input (otherwise /dev/null).
+    pub stdin: Option<&'a [u8]>,
+}
+
+/// Runs `program args...` as `how` says and waits for it. The variables kubesign and kubectl read
+/// implicitly (KUBESIGN_CONFIG, KUBESIGN_LOG_LEVEL, RUST_LOG, KUBECONFIG) are always removed so
+/// the host cannot leak in. The one place every test helper starts processes through.
+pub fn exec_with<S: AsRef<OsStr>>(program: &Path, args: &[S], how: Exec<'_>) -> Output {
+    let line = std::iter::once(program.as_os_str())
+        .chain(args.iter().map(AsRef::as_ref))
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut cmd = Command::new(program);
     cmd.args(args)
         .env_remove("KUBESIGN_CONFIG")
         .env_remove("KUBESIGN_LOG_LEVEL")
         .env_remove("RUST_LOG")
         .env_remove("KUBECONFIG")
-        .stdin(if stdin.is_some() {
+        .stdin(if how.stdin.is_some() {
             Stdio::piped()
         } else {
             Stdio::null()
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some(d) = cwd {
+    for name in &how.remove {
+        cmd.env_remove(name);
+    }
+    for (name, value) in &how.env {
+        cmd.env(name, value);
+    }
+    if let Some(d) = how.cwd {
         cmd.current_dir(d);
     }
-    let line = std::iter::once(program.as_os_str())
-        .chain(args.iter().map(AsRef::as_ref))
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ");
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start `{line}`: {e}"));
-    if let Some(input) = stdin {
+    if let Some(input) = how.stdin {
         let mut pipe = child.stdin.take().expect("stdin is piped");
-        pipe.write_all(input)
-            .unwrap_or_else(|e| panic!("writing stdin of `{line}`: {e}"));
+        // A program may exit before reading everything (openssl after a failed handshake).
+        let _ = pipe.write_all(input);
     }
     let out = child
         .wait_with_output()
@@ -360,6 +375,24 @@ pub fn run_in<S: AsRef<OsStr>>(
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         stdout_bytes: out.stdout,
     }
+}
+
+/// Runs `program args...` in `cwd` (if given) with `stdin` fed in, and waits for it.
+pub fn run_in<S: AsRef<OsStr>>(
+    program: &Path,
+    args: &[S],
+    cwd: Option<&Path>,
+    stdin: Option<&[u8]>,
+) -> Output {
+    exec_with(
+        program,
+        args,
+        Exec {
+            cwd,
+            stdin,
+            ..Exec::default()
+        },
+    )
 }
 
 /// Runs `program args...`.
@@ -1804,37 +1837,20 @@ pub fn run_in_env<S: AsRef<OsStr>>(
     set: &[(String, std::ffi::OsString)],
     remove: &[&str],
 ) -> Output {
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env_remove("KUBESIGN_CONFIG")
-        .env_remove("KUBESIGN_LOG_LEVEL")
-        .env_remove("RUST_LOG")
-        .env_remove("KUBECONFIG")
-        .stdin(Stdio::null());
-    for name in remove {
-        cmd.env_remove(name);
-    }
-    for (name, value) in set {
-        cmd.env(name, value);
-    }
-    if let Some(d) = cwd {
-        cmd.current_dir(d);
-    }
-    let line = std::iter::once(program.as_os_str())
-        .chain(args.iter().map(AsRef::as_ref))
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run `{line}`: {e}"));
-    Output {
-        cmd: line,
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        stdout_bytes: out.stdout,
-    }
+    let env = set
+        .iter()
+        .map(|(k, v)| (OsString::from(k), v.clone()))
+        .collect();
+    exec_with(
+        program,
+        args,
+        Exec {
+            env,
+            remove: remove.to_vec(),
+            cwd,
+            stdin: None,
+        },
+    )
 }
 
 impl Cluster {

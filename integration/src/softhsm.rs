@@ -118,48 +118,29 @@ pub fn shim_module() -> Option<PathBuf> {
     )
 }
 
-/// Runs `program args...` with `env` added (and the variables kubesign reads implicitly
-/// removed), in `cwd` if given.
+/// Runs `program args...` with `env` added (and the variables kubesign reads implicitly, and
+/// the host's SoftHSM and shim settings, removed), in `cwd` if given.
 pub fn run_env<S: AsRef<OsStr>>(
     program: &Path,
     args: &[S],
     cwd: Option<&Path>,
     env: &[(OsString, OsString)],
 ) -> Output {
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env_remove("KUBESIGN_CONFIG")
-        .env_remove("KUBESIGN_LOG_LEVEL")
-        .env_remove("RUST_LOG")
-        .env_remove("KUBECONFIG")
-        .env_remove("SOFTHSM2_CONF")
-        .env_remove("KUBESIGN_SHIM_CONTROL")
-        .env_remove("KUBESIGN_SHIM_LOG")
-        .env_remove("KUBESIGN_SHIM_MODULE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    if let Some(d) = cwd {
-        cmd.current_dir(d);
-    }
-    let line = std::iter::once(program.as_os_str())
-        .chain(args.iter().map(AsRef::as_ref))
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run `{line}`: {e}"));
-    Output {
-        cmd: line,
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        stdout_bytes: out.stdout,
-    }
+    crate::exec_with(
+        program,
+        args,
+        crate::Exec {
+            env: env.to_vec(),
+            remove: vec![
+                "SOFTHSM2_CONF",
+                "KUBESIGN_SHIM_CONTROL",
+                "KUBESIGN_SHIM_LOG",
+                "KUBESIGN_SHIM_MODULE",
+            ],
+            cwd,
+            stdin: None,
+        },
+    )
 }
 
 /// One object as `pkcs11-tool --list-objects` prints it.
