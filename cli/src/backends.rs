@@ -234,10 +234,15 @@ impl Backends {
         }
     }
 
-    /// Facts about a key for `keys list`.
-    pub async fn facts(&self, key: &KeyUri) -> Result<KeyFacts, SignerError> {
+    /// Opens the key once and reports what `keys list` shows about it (an HSM key is opened,
+    /// and self-tested, only once).
+    pub async fn open_with_facts(
+        &self,
+        key: &KeyUri,
+    ) -> Result<(Arc<dyn Signer>, KeyFacts), SignerError> {
         match key {
             KeyUri::File(f) => {
+                let signer: Arc<dyn Signer> = Arc::new(FileSigner::load(&f.path)?);
                 let mut attributes = Vec::new();
                 #[cfg(unix)]
                 if let Ok(meta) = std::fs::metadata(&f.path) {
@@ -245,25 +250,28 @@ impl Backends {
                     attributes.push(format!("mode={:o}", meta.permissions().mode() & 0o777));
                 }
                 attributes.push("on-disk=true".into());
-                Ok(KeyFacts {
+                let facts = KeyFacts {
                     backend: "file",
                     location: f.path.display().to_string(),
                     attributes,
-                })
+                };
+                Ok((signer, facts))
             }
             #[cfg(feature = "pkcs11")]
             KeyUri::Pkcs11(p) => {
                 let signer = self.pkcs11.open_signer(p).await?;
-                Ok(KeyFacts {
+                let facts = KeyFacts {
                     backend: "pkcs11",
                     location: signer.describe(),
                     attributes: signer.key_attributes().describe(),
-                })
+                };
+                Ok((signer, facts))
             }
             #[cfg(feature = "kms")]
             KeyUri::AwsKms(k) => {
+                let signer = self.kms.open(k).await?;
                 let info = self.kms.key_info(k).await?;
-                Ok(KeyFacts {
+                let facts = KeyFacts {
                     backend: "awskms",
                     location: info.key_arn.clone(),
                     attributes: vec![
@@ -272,7 +280,8 @@ impl Backends {
                         format!("usage={}", info.key_usage),
                         format!("origin={}", info.origin),
                     ],
-                })
+                };
+                Ok((signer, facts))
             }
             other => Err(not_compiled(other)),
         }

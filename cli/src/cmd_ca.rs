@@ -455,10 +455,10 @@ pub async fn list(config_path: PathBuf, format: Format) -> Result<()> {
             matches_certificate: String::new(),
             error: None,
         };
-        match backends.open_signer(&ca.key).await {
-            Ok(signer) => {
+        match backends.open_with_facts(&ca.key).await {
+            Ok((signer, facts)) => {
                 row.algorithm = kind(signer.public_key());
-                row.facts = backends.facts(&ca.key).await.unwrap_or_default();
+                row.facts = facts;
                 row.matches_certificate = match std::fs::read(&ca.certificate) {
                     Ok(bytes) => match parse_certificate(&bytes) {
                         Ok(cert)
