@@ -106,20 +106,6 @@ where
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    if s.is_empty() {
-        return f64::NAN;
-    }
-    let m = s.len() / 2;
-    if s.len() % 2 == 1 {
-        s[m]
-    } else {
-        (s[m - 1] + s[m]) / 2.0
-    }
-}
-
 fn min(v: &[f64]) -> f64 {
     v.iter().copied().fold(f64::INFINITY, f64::min)
 }
@@ -164,38 +150,6 @@ impl AlgResult {
     }
 }
 
-fn leaf_csr_pem(algorithm: KeyAlgorithm) -> String {
-    let alg = match algorithm {
-        KeyAlgorithm::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
-        _ => &rcgen::PKCS_RSA_SHA256,
-    };
-    let key = rcgen::KeyPair::generate_for(alg).expect("leaf key");
-    let mut params = rcgen::CertificateParams::default();
-    let mut dn = rcgen::DistinguishedName::new();
-    dn.push(rcgen::DnType::CommonName, "kube-apiserver");
-    params.distinguished_name = dn;
-    params.subject_alt_names = [
-        "kubernetes",
-        "kubernetes.default",
-        "kubernetes.default.svc",
-        "kubernetes.default.svc.cluster.local",
-        "node-1",
-    ]
-    .iter()
-    .map(|d| rcgen::SanType::DnsName((*d).try_into().expect("dns")))
-    .chain(
-        ["10.96.0.1", "198.51.100.10"]
-            .iter()
-            .map(|ip| rcgen::SanType::IpAddress(ip.parse().expect("ip"))),
-    )
-    .collect();
-    params
-        .serialize_request(&key)
-        .expect("CSR")
-        .pem()
-        .expect("PEM")
-}
-
 fn bench_algorithm(
     rt: &tokio::runtime::Runtime,
     s: &Settings,
@@ -223,7 +177,7 @@ fn bench_algorithm(
     )
     .expect("CA");
 
-    let csr_pem = leaf_csr_pem(algorithm);
+    let csr_pem = integration::bench::apiserver_csr_pem(algorithm);
     let csr = VerifiedCsr::parse(csr_pem.as_bytes()).expect("CSR");
     let apiserver = profile::by_name("apiserver").expect("apiserver profile");
     apiserver
@@ -320,9 +274,16 @@ fn filesystem_of(path: &Path) -> String {
 }
 
 fn print_issuance(results: &[AlgResult], s: &Settings, fs: &str) {
-    let range = |v: &[f64]| format!("{:.2} [{:.2}-{:.2}]", median(v), min(v), max(v));
+    let range = |v: &[f64]| {
+        format!(
+            "{:.2} [{:.2}-{:.2}]",
+            integration::bench::median(v),
+            min(v),
+            max(v)
+        )
+    };
     let verdict = |v: &[f64]| {
-        if median(v) >= TARGET_RATIO {
+        if integration::bench::median(v) >= TARGET_RATIO {
             "target met"
         } else {
             "below target"
@@ -340,13 +301,16 @@ fn print_issuance(results: &[AlgResult], s: &Settings, fs: &str) {
     ));
     rows.push((
         "raw sign+verify /s".into(),
-        results.iter().map(|r| fmt_rate(median(&r.raw))).collect(),
+        results
+            .iter()
+            .map(|r| fmt_rate(integration::bench::median(&r.raw)))
+            .collect(),
     ));
     rows.push((
         "issue, memory audit /s".into(),
         results
             .iter()
-            .map(|r| fmt_rate(median(&r.issue_mem)))
+            .map(|r| fmt_rate(integration::bench::median(&r.issue_mem)))
             .collect(),
     ));
     rows.push((
@@ -367,7 +331,7 @@ fn print_issuance(results: &[AlgResult], s: &Settings, fs: &str) {
         "issue, JSONL audit+fsync /s".into(),
         results
             .iter()
-            .map(|r| fmt_rate(median(&r.issue_jsonl)))
+            .map(|r| fmt_rate(integration::bench::median(&r.issue_jsonl)))
             .collect(),
     ));
     rows.push((
@@ -381,7 +345,7 @@ fn print_issuance(results: &[AlgResult], s: &Settings, fs: &str) {
         "CSR parse + PoP /s".into(),
         results
             .iter()
-            .map(|r| fmt_rate(median(&r.csr_parse)))
+            .map(|r| fmt_rate(integration::bench::median(&r.csr_parse)))
             .collect(),
     ));
     rows.push((
@@ -572,8 +536,8 @@ fn bench_binary(s: &Settings) -> Result<(), String> {
             }
         }
     }
-    let (sign_min, sign_med) = (min(&sign_ms), median(&sign_ms));
-    let (ver_min, ver_med) = (min(&version_ms), median(&version_ms));
+    let (sign_min, sign_med) = (min(&sign_ms), integration::bench::median(&sign_ms));
+    let (ver_min, ver_med) = (min(&version_ms), integration::bench::median(&version_ms));
     println!(
         "  kubesign sign: {csrs} CSRs of examples/kubeadm-csr into a fresh copy per run, RSA-2048 file CAs (kubeadm's default) from `kubesign ca init`, {} runs",
         s.binary_runs
@@ -597,18 +561,18 @@ fn bench_binary(s: &Settings) -> Result<(), String> {
         "  {:<34}{:>7.1} ms{:>7.1} ms",
         "sign --dry-run (no signing/writes)",
         min(&dry_ms),
-        median(&dry_ms)
+        integration::bench::median(&dry_ms)
     );
     println!(
         "  {:<34}{:>7.1} ms{:>7.1} ms",
         "one small write + fsync (probe)",
         min(&fsync_ms),
-        median(&fsync_ms)
+        integration::bench::median(&fsync_ms)
     );
     println!(
         "  (sign minus dry-run, {:.1} ms median, is the signing plus the durable writes: every certificate, kubeconfig, \
          copied CA certificate and audit record is fsynced before sign returns)",
-        sign_med - median(&dry_ms)
+        sign_med - integration::bench::median(&dry_ms)
     );
     println!(
         "  target < {TARGET_SIGN_MS:.0} ms for the directory: {} (median {sign_med:.1} ms = {:.2} of the target); temp dir on {}",

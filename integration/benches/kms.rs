@@ -95,22 +95,6 @@ fn alias_uri(endpoint: &str, what: &str) -> AwsKmsUri {
     }
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    match s.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => s[n / 2],
-        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
-    }
-}
-
-fn range(v: &[f64]) -> String {
-    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{:.2} [{lo:.2}-{hi:.2}]", median(v))
-}
-
 /// Operations per second of `tasks` concurrent loops of `op`, each running until `slice` has
 /// passed (one warm-up call each first, not counted).
 async fn concurrent_rate<F, Fut>(tasks: usize, slice: Duration, op: F) -> f64
@@ -154,28 +138,6 @@ struct Fixture {
     tbs: Arc<Vec<u8>>,
 }
 
-fn leaf_csr_pem() -> String {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("leaf key");
-    let mut params = rcgen::CertificateParams::default();
-    let mut dn = rcgen::DistinguishedName::new();
-    dn.push(rcgen::DnType::CommonName, "kube-apiserver");
-    params.distinguished_name = dn;
-    params.subject_alt_names = ["kubernetes", "kubernetes.default", "node-1"]
-        .iter()
-        .map(|d| rcgen::SanType::DnsName((*d).try_into().expect("dns")))
-        .chain(
-            ["10.96.0.1", "198.51.100.10"]
-                .iter()
-                .map(|ip| rcgen::SanType::IpAddress(ip.parse().expect("ip"))),
-        )
-        .collect();
-    params
-        .serialize_request(&key)
-        .expect("CSR")
-        .pem()
-        .expect("PEM")
-}
-
 async fn fixture(
     backend: &KmsBackend,
     endpoint: &str,
@@ -203,7 +165,10 @@ async fn fixture(
     let ca =
         CertificateAuthority::new(CaRole::Kubernetes, &ca_der, signer.clone(), uri.to_string())
             .map_err(|e| format!("{name}: CA: {e}"))?;
-    let csr = VerifiedCsr::parse(leaf_csr_pem().as_bytes()).map_err(|e| format!("CSR: {e}"))?;
+    let csr = VerifiedCsr::parse(
+        integration::bench::apiserver_csr_pem(KeyAlgorithm::EcdsaP256).as_bytes(),
+    )
+    .map_err(|e| format!("CSR: {e}"))?;
     let apiserver = profile::by_name("apiserver").ok_or("no apiserver profile")?;
     apiserver
         .check_request(&csr)
@@ -315,9 +280,9 @@ async fn run(endpoint: &str, s: &Settings) -> Result<(), String> {
             "  {:<12} {:>8} {:>14.1} {:>14.1} {:>22}",
             f.name,
             f.tbs.len(),
-            median(&raw),
-            median(&issue),
-            range(&ratios)
+            integration::bench::median(&raw),
+            integration::bench::median(&issue),
+            integration::bench::range(&ratios)
         );
     }
     println!(

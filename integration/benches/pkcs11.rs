@@ -100,22 +100,6 @@ fn parent() {
 // Measuring
 // ---------------------------------------------------------------------------------------------
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    match s.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => s[n / 2],
-        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
-    }
-}
-
-fn range(v: &[f64]) -> String {
-    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{:.2} [{lo:.2}-{hi:.2}]", median(v))
-}
-
 /// The same key, seen through a second cryptoki handle on the module the backend initialised
 /// (one library instance: `C_Initialize` answers "already initialised"), for raw measurements.
 struct Raw {
@@ -303,38 +287,6 @@ async fn backend_sign_rate(
     count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
-fn csr_pem(algorithm: KeyAlgorithm) -> String {
-    let alg = match algorithm {
-        KeyAlgorithm::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
-        _ => &rcgen::PKCS_RSA_SHA256,
-    };
-    let key = rcgen::KeyPair::generate_for(alg).expect("leaf key");
-    let mut params = rcgen::CertificateParams::default();
-    let mut dn = rcgen::DistinguishedName::new();
-    dn.push(rcgen::DnType::CommonName, "kube-apiserver");
-    params.distinguished_name = dn;
-    params.subject_alt_names = [
-        "kubernetes",
-        "kubernetes.default",
-        "kubernetes.default.svc",
-        "kubernetes.default.svc.cluster.local",
-        "node-1",
-    ]
-    .iter()
-    .map(|d| rcgen::SanType::DnsName((*d).try_into().expect("dns")))
-    .chain(
-        ["10.96.0.1", "198.51.100.10"]
-            .iter()
-            .map(|ip| rcgen::SanType::IpAddress(ip.parse().expect("ip"))),
-    )
-    .collect();
-    params
-        .serialize_request(&key)
-        .expect("CSR")
-        .pem()
-        .expect("PEM")
-}
-
 /// A key of `algorithm` generated in `token` with a pool of `pool` sessions, its CA, and a TBS
 /// of the size issuance signs.
 async fn issuer(
@@ -368,7 +320,7 @@ async fn issuer(
     .expect("CA certificate");
     let dyn_signer: Arc<dyn Signer> = signer.clone();
     let ca = CertificateAuthority::new(CaRole::Kubernetes, &ca_der, dyn_signer, uri).expect("CA");
-    let pem = csr_pem(algorithm);
+    let pem = integration::bench::apiserver_csr_pem(algorithm);
     let csr = VerifiedCsr::parse(pem.as_bytes()).expect("CSR");
     let apiserver = profile::by_name("apiserver").expect("profile");
     apiserver.check_request(&csr).expect("an apiserver request");
@@ -460,7 +412,7 @@ fn child(dir: &Path) {
             }
         }
         let verdict = |r: &[f64]| {
-            if median(r) >= TARGET_RATIO {
+            if integration::bench::median(r) >= TARGET_RATIO {
                 "met"
             } else {
                 "below"
@@ -475,44 +427,44 @@ fn child(dir: &Path) {
         );
         println!(
             "  raw C_Sign /s                1 session: {:>9.0}   {n} sessions/{n} threads: {:>9.0}",
-            median(&m.raw1),
-            median(&m.rawn)
+            integration::bench::median(&m.raw1),
+            integration::bench::median(&m.rawn)
         );
         println!(
             "  raw C_Sign + verify /s       1 session: {:>9.0}   {n} sessions/{n} threads: {:>9.0}",
-            median(&m.rawv1),
-            median(&m.rawvn)
+            integration::bench::median(&m.rawv1),
+            integration::bench::median(&m.rawvn)
         );
         println!(
             "  backend sign /s              pool 1:    {:>9.0}   pool {n} ({} tasks):      {:>9.0}   (Pkcs11Signer::sign)",
-            median(&m.sign1),
+            integration::bench::median(&m.sign1),
             2 * n,
-            median(&m.signn)
+            integration::bench::median(&m.signn)
         );
         println!(
             "  issue /s                     pool 1:    {:>9.0}   pool {n} ({} tasks):      {:>9.0}",
-            median(&m.issue1),
+            integration::bench::median(&m.issue1),
             2 * n,
-            median(&m.issuen)
+            integration::bench::median(&m.issuen)
         );
         let r1 = ratios(&m.issue1, &m.raw1);
         let rn = ratios(&m.issuen, &m.rawn);
         println!(
             "  issue/raw (target {TARGET_RATIO:.2})        pool 1: {} {}   pool {n}: {} {}",
-            range(&r1),
+            integration::bench::range(&r1),
             verdict(&r1),
-            range(&rn),
+            integration::bench::range(&rn),
             verdict(&rn)
         );
         println!(
             "  backend sign/raw             pool 1: {}        pool {n}: {}",
-            range(&ratios(&m.sign1, &m.raw1)),
-            range(&ratios(&m.signn, &m.rawn))
+            integration::bench::range(&ratios(&m.sign1, &m.raw1)),
+            integration::bench::range(&ratios(&m.signn, &m.rawn))
         );
         println!(
             "  issue/(raw+verify)           pool 1: {}        pool {n}: {}",
-            range(&ratios(&m.issue1, &m.rawv1)),
-            range(&ratios(&m.issuen, &m.rawvn))
+            integration::bench::range(&ratios(&m.issue1, &m.rawv1)),
+            integration::bench::range(&ratios(&m.issuen, &m.rawvn))
         );
         println!(
             "  pool counters: pool 1 {} sessions, {} retries; pool {n} {} sessions, {} retries",

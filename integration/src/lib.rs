@@ -20,6 +20,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_yaml::Value;
 
+pub mod bench;
 pub mod control_plane;
 pub mod kms_fault_proxy;
 pub mod softhsm;
