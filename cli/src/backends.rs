@@ -146,16 +146,23 @@ impl Backends {
         }
     }
 
-    /// Whether a key already exists at `key` (`ca init` never replaces a key).
-    pub async fn key_exists(&self, key: &KeyUri) -> Result<bool, SignerError> {
+    /// The key at `key` if one exists, opened; `None` when there is none (`ca init` never
+    /// replaces a key, `ca import` never imports over one). Opening once here means an HSM or
+    /// KMS key is looked up, and self-tested, once per command.
+    pub async fn open_existing(
+        &self,
+        key: &KeyUri,
+    ) -> Result<Option<Arc<dyn Signer>>, SignerError> {
         check_compiled_in(key)?;
-        match key {
-            KeyUri::File(f) => Ok(std::fs::symlink_metadata(&f.path).is_ok()),
-            _ => match self.open_signer(key).await {
-                Ok(_) => Ok(true),
-                Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-                Err(e) => Err(e),
-            },
+        if let KeyUri::File(f) = key
+            && std::fs::symlink_metadata(&f.path).is_err()
+        {
+            return Ok(None);
+        }
+        match self.open_signer(key).await {
+            Ok(signer) => Ok(Some(signer)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
         }
     }
 

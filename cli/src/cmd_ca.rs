@@ -52,12 +52,14 @@ pub async fn init(config_path: PathBuf, adopt: bool, format: Format) -> Result<(
         let role = ca.role;
         let key_ctx = || format!("cas.{role}.key {}", ca.key);
         let cert_exists = std::fs::symlink_metadata(&ca.certificate).is_ok();
-        let key_exists = backends.key_exists(&ca.key).await.with_context(key_ctx)?;
-        let (signer, status): (Arc<dyn Signer>, &'static str) = match (key_exists, cert_exists) {
-            (true, true) => {
+        let existing = backends
+            .open_existing(&ca.key)
+            .await
+            .with_context(key_ctx)?;
+        let (signer, status): (Arc<dyn Signer>, &'static str) = match (existing, cert_exists) {
+            (Some(signer), true) => {
                 // Both present: prove they belong together, change nothing.
                 let bytes = crate::fsutil::read_regular(&ca.certificate)?;
-                let signer = backends.open_signer(&ca.key).await.with_context(key_ctx)?;
                 let authority =
                     CertificateAuthority::new(role, &bytes, signer.clone(), ca.key.to_string())
                         .with_context(|| format!("{}", ca.certificate.display()))?;
@@ -71,17 +73,16 @@ pub async fn init(config_path: PathBuf, adopt: bool, format: Format) -> Result<(
                 });
                 continue;
             }
-            (false, true) => bail!(
+            (None, true) => bail!(
                 "cas.{role}: the certificate {} exists but the key {} does not; refusing to create a new key that \
                  would not match it (use `kubesign ca import` to move the existing key, or remove the certificate)",
                 ca.certificate.display(),
                 ca.key
             ),
-            (true, false) if matches!(ca.key, KeyUri::File(_)) => (
-                backends.open_signer(&ca.key).await.with_context(key_ctx)?,
-                "certificate-created",
-            ),
-            (true, false) if adopt => {
+            (Some(signer), false) if matches!(ca.key, KeyUri::File(_)) => {
+                (signer, "certificate-created")
+            }
+            (Some(_), false) if adopt => {
                 let signer = backends
                     .adopt(&ca.key, ca.key_algorithm)
                     .await
@@ -89,14 +90,14 @@ pub async fn init(config_path: PathBuf, adopt: bool, format: Format) -> Result<(
                 tracing::info!(ca = %role, key = %ca.key, "existing key adopted");
                 (signer, "adopted")
             }
-            (true, false) => bail!(
+            (Some(_), false) => bail!(
                 "cas.{role}: a key already exists at {} but the certificate {} does not; refusing to use a key \
                  without being told to: pass --adopt to make it this CA's key (also when an earlier \
                  `ca init` created the key and stopped before writing the certificate)",
                 ca.key,
                 ca.certificate.display()
             ),
-            (false, false) => {
+            (None, false) => {
                 let signer = backends
                     .generate(&ca.key, ca.key_algorithm)
                     .await
@@ -270,7 +271,7 @@ pub async fn import(
         key_file: PathBuf,
         cert_bytes: Vec<u8>,
         cert: x509_cert::Certificate,
-        source: backend_file::FileSigner,
+        source: Arc<backend_file::FileSigner>,
     }
     let mut plans = Vec::new();
     let mut rows = Vec::new();
@@ -303,12 +304,12 @@ pub async fn import(
             .context("the CA certificate must be next to its key")?;
         let cert =
             parse_certificate(&cert_bytes).map_err(|e| anyhow!("{}: {e}", cert_file.display()))?;
-        let source = backend_file::FileSigner::load(&key_file)?;
+        let source = Arc::new(backend_file::FileSigner::load(&key_file)?);
         // The source key must be the CA certificate's key.
         CertificateAuthority::new(
             role,
             &cert_bytes,
-            Arc::new(backend_file::FileSigner::load(&key_file)?),
+            source.clone(),
             format!("file:{}", key_file.display()),
         )
         .with_context(|| format!("{}", cert_file.display()))?;
@@ -323,9 +324,10 @@ pub async fn import(
             }
         }
         if backends
-            .key_exists(&ca.key)
+            .open_existing(&ca.key)
             .await
             .with_context(|| format!("cas.{role}.key {}", ca.key))?
+            .is_some()
         {
             bail!(
                 "cas.{role}: a key already exists at {}; refusing to import over it",

@@ -52,6 +52,8 @@ pub struct Row {
 
 struct Existing {
     item: Item,
+    cert: x509_cert::Certificate,
+    /// The certificate's DER, for the audit record's source hash.
     der: Vec<u8>,
     kubeconfig: Option<Kubeconfig>,
 }
@@ -79,6 +81,7 @@ fn load_existing(item: Item) -> Result<Option<Existing>> {
             }
             Ok(Some(Existing {
                 der: der::Encode::to_der(&cert)?,
+                cert,
                 item,
                 kubeconfig: None,
             }))
@@ -107,6 +110,7 @@ fn load_existing(item: Item) -> Result<Option<Existing>> {
             }
             Ok(Some(Existing {
                 der: der::Encode::to_der(&cert)?,
+                cert,
                 item,
                 kubeconfig: Some(kc),
             }))
@@ -159,10 +163,10 @@ pub async fn run(opts: RenewOptions) -> Result<()> {
     let mut subjects = Vec::new();
     for e in &existing {
         let path = e.item.target.display_path();
-        let cert = parse_certificate(&e.der).map_err(|m| anyhow!("{}: {m}", path.display()))?;
+        let cert = &e.cert;
         let ca = cas.get(e.item.profile.ca)?;
         verify::verify_certificate_signature(
-            &cert,
+            cert,
             ca.certificate().tbs_certificate().subject_public_key_info(),
         )
         .map_err(|_| {
@@ -173,7 +177,7 @@ pub async fn run(opts: RenewOptions) -> Result<()> {
                 ca.key_uri()
             )
         })?;
-        let subject = CertificateSubject::from_certificate(&cert)?;
+        let subject = CertificateSubject::from_certificate(cert)?;
         let san_count = subject.alt_names.as_ref().map_or(0, |s| s.0.len());
         e.item
             .profile
