@@ -31,7 +31,6 @@ use std::io::{Read, Seek, SeekFrom, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -164,38 +163,6 @@ impl ControlPlaneTools {
     }
 }
 
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
-
-/// What `scripts/testbed.sh paths` prints (once per process).
-fn testbed_paths() -> &'static Result<Vec<PathBuf>, String> {
-    static PATHS: OnceLock<Result<Vec<PathBuf>, String>> = OnceLock::new();
-    PATHS.get_or_init(|| {
-        let script = workspace_root().join("scripts/testbed.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg("paths")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run {} paths: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{} paths failed: {}",
-                script.display(),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| PathBuf::from(l.trim()))
-            .collect())
-    })
-}
-
 /// A binary built by `scripts/testbed.sh`: `$env_var`, else the `paths` line ending in `/name`.
 pub fn testbed_binary(name: &str, env_var: &str) -> Result<PathBuf, String> {
     let how = format!(
@@ -205,7 +172,7 @@ pub fn testbed_binary(name: &str, env_var: &str) -> Result<PathBuf, String> {
     let path = match std::env::var_os(env_var).filter(|p| !p.is_empty()) {
         Some(p) => PathBuf::from(p),
         None => {
-            let paths = testbed_paths()
+            let paths = crate::testbed_paths()
                 .as_ref()
                 .map_err(|e| format!("{e}; {how}"))?;
             let suffix = format!("/{name}");
@@ -216,7 +183,7 @@ pub fn testbed_binary(name: &str, env_var: &str) -> Result<PathBuf, String> {
                 .ok_or_else(|| format!("`scripts/testbed.sh paths` printed no {name}; {how}"))?
         }
     };
-    if is_executable(&path) {
+    if crate::is_executable(&path) {
         Ok(path)
     } else {
         Err(format!("{name} is not at {}; {how}", path.display()))

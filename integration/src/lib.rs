@@ -68,7 +68,7 @@ pub fn require<T>(component: &str, found: Result<T, String>) -> Option<T> {
     }
 }
 
-fn is_executable(p: &Path) -> bool {
+pub(crate) fn is_executable(p: &Path) -> bool {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -116,25 +116,42 @@ fn find_kubesign() -> Result<PathBuf, String> {
     }
 }
 
+/// What `scripts/testbed.sh paths` prints (once per process).
+pub(crate) fn testbed_paths() -> &'static Result<Vec<PathBuf>, String> {
+    static PATHS: OnceLock<Result<Vec<PathBuf>, String>> = OnceLock::new();
+    PATHS.get_or_init(|| {
+        let script = workspace_root().join("scripts/testbed.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("paths")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {} paths: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} paths failed: {}",
+                script.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| PathBuf::from(l.trim()))
+            .collect())
+    })
+}
+
 fn find_kubeadm() -> Result<PathBuf, String> {
     let how = "run `scripts/testbed.sh` (builds kubeadm v1.35.4 into ~/.cache/kubesign) or set KUBEADM=/path/to/kubeadm";
     let path = match std::env::var_os("KUBEADM").filter(|p| !p.is_empty()) {
         Some(p) => PathBuf::from(p),
         None => {
-            let script = workspace_root().join("scripts/testbed.sh");
-            let out = Command::new("bash")
-                .arg(&script)
-                .arg("paths")
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|e| format!("cannot run {} paths ({e}); {how}", script.display()))?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            let first = text
-                .lines()
-                .map(str::trim)
-                .find(|l| l.ends_with("/kubeadm"));
+            let paths = testbed_paths()
+                .as_ref()
+                .map_err(|e| format!("{e}; {how}"))?;
+            let first = paths.iter().find(|p| p.ends_with("kubeadm"));
             match first {
-                Some(p) => PathBuf::from(p),
+                Some(p) => p.clone(),
                 None => {
                     return Err(format!(
                         "`scripts/testbed.sh paths` printed no kubeadm path; {how}"
